@@ -1,0 +1,63 @@
+"""optax-split: split gradients into global and local parts, scale them apart.
+
+Composable Optax transformations against exploding gradients and loss spikes:
+:func:`split` a gradient with a decomposition, scale or transform each branch,
+:func:`combine` the branches again; or use the presets :func:`split_sgd` and
+:func:`split_adam`.
+"""
+
+from optax_split._decompositions import (
+    Decomposition,
+    MeanComponent,
+    NormExcess,
+    SpikeExcess,
+    SpikeExcessState,
+    TrendComponent,
+    TrendState,
+    UnitExcess,
+    mean_component,
+    norm_excess,
+    spike_excess,
+    trend_component,
+    unit_excess,
+)
+from optax_split._presets import split_adam, split_rates, split_sgd
+from optax_split._split import (
+    SplitState,
+    SplitUpdates,
+    combine,
+    on_global,
+    on_local,
+    scale_global,
+    scale_local,
+    split,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Decomposition",
+    "MeanComponent",
+    "NormExcess",
+    "SpikeExcess",
+    "SpikeExcessState",
+    "SplitState",
+    "SplitUpdates",
+    "TrendComponent",
+    "TrendState",
+    "UnitExcess",
+    "combine",
+    "mean_component",
+    "norm_excess",
+    "on_global",
+    "on_local",
+    "scale_global",
+    "scale_local",
+    "spike_excess",
+    "split",
+    "split_adam",
+    "split_rates",
+    "split_sgd",
+    "trend_component",
+    "unit_excess",
+]
