@@ -135,7 +135,7 @@ def combine() -> optax.GradientTransformation:
   def update_fn(updates, state, params=None):
     del params
     updates = _require_split(updates, "combine()")
-    return jax.tree.map(lambda l, big_g: l + big_g, updates.local, updates.global_), state
+    return jax.tree.map(lambda local, big_g: local + big_g, updates.local, updates.global_), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 

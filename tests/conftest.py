@@ -1,0 +1,37 @@
+"""Shared fixtures: small parameter trees of the shapes that models have."""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+@contextlib.contextmanager
+def dtype_context(dtype: str):
+  """float64 needs JAX's x64 mode; the other dtypes run in the default mode."""
+  with jax.enable_x64(dtype == "float64"):
+    yield jnp.dtype(dtype)
+
+
+def model_tree(key: jax.Array, dtype=jnp.float32, scale: float = 1.0) -> dict:
+  """A pytree with a conv kernel, a dense kernel, a bias and a scalar."""
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  tree = {
+      "conv": {"kernel": jax.random.normal(k1, (3, 3, 2, 4))},
+      "dense": {"kernel": jax.random.normal(k2, (5, 3)), "bias": jax.random.normal(k3, (3,))},
+      "scalar": jax.random.normal(k4, ()),
+  }
+  return jax.tree.map(lambda x: (scale * x).astype(dtype), tree)
+
+
+@pytest.fixture
+def params():
+  return model_tree(jax.random.PRNGKey(0))
+
+
+@pytest.fixture
+def grads():
+  return model_tree(jax.random.PRNGKey(1))

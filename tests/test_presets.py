@@ -1,0 +1,170 @@
+"""split_rates, split_sgd and split_adam: the reference step, equivalences, bounds, misuse."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_split as osp
+from optax_split import _presets
+
+DECOMPOSITIONS = [
+    osp.mean_component(), osp.trend_component(0.9), osp.norm_excess(1.0),
+    osp.spike_excess(warmup=1, max_norm=2.0), osp.unit_excess(0.05),
+]
+
+
+def test_split_rates_follow_the_reference_formulation():
+  eta_local, eta_global = osp.split_rates(3.0, alpha=0.5)
+  np.testing.assert_allclose([eta_local, eta_global], [0.03, 0.045])
+  eta_local, eta_global = osp.split_rates(3.0, alpha=-1.0, local_fraction=0.1)
+  np.testing.assert_allclose([eta_local, eta_global], [0.3, 0.0], atol=1e-12)
+
+
+def test_split_rates_turn_schedules_into_schedules():
+  schedule = optax.cosine_decay_schedule(2.0, decay_steps=10)
+  eta_local, eta_global = osp.split_rates(schedule, alpha=1.0)
+  for step in (0, 4, 10):
+    np.testing.assert_allclose(eta_local(step), 0.01 * schedule(step), rtol=1e-6)
+    np.testing.assert_allclose(eta_global(step), 0.02 * schedule(step), rtol=1e-6)
+
+
+@pytest.mark.parametrize("decomposition", DECOMPOSITIONS, ids=lambda d: type(d).__name__)
+@pytest.mark.parametrize("alpha", [-1.0, 0.0, 2.5])
+def test_split_sgd_step_is_minus_eta_local_times_g_plus_alpha_g(decomposition, alpha,
+                                                                 grads, params):
+  learning_rate = 3.0
+  tx = osp.split_sgd(learning_rate, alpha, decomposition=decomposition, guard=None)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  parts, _ = osp.split(decomposition).update(grads, osp.split(decomposition).init(params), params)
+  expected = jax.tree.map(lambda g, big_g: -0.01 * learning_rate * (g + alpha * big_g),
+                          grads, parts.global_)
+  chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_split_sgd_with_alpha_zero_and_no_guard_is_optax_sgd(nesterov, grads, params):
+  schedule = optax.exponential_decay(5.0, transition_steps=2, decay_rate=0.5)
+  ours = osp.split_sgd(schedule, alpha=0.0, guard=None, momentum=0.9, nesterov=nesterov)
+  reference = optax.sgd(lambda count: 0.01 * schedule(count), momentum=0.9, nesterov=nesterov)
+  _assert_same_trajectory(ours, reference, grads, params)
+
+
+def test_split_adam_with_alpha_zero_and_no_guard_is_optax_adamw(grads, params):
+  ours = osp.split_adam(2.0, alpha=0.0, guard=None, b1=0.8, weight_decay=0.1)
+  reference = optax.adamw(0.02, b1=0.8, weight_decay=0.1)
+  _assert_same_trajectory(ours, reference, grads, params)
+
+
+def _assert_same_trajectory(ours, reference, grads, params, steps=3):
+  state, ref_state = ours.init(params), reference.init(params)
+  for step in range(steps):
+    g = jax.tree.map(lambda x, factor=step + 1: x * factor, grads)
+    updates, state = ours.update(g, state, params)
+    expected, ref_state = reference.update(g, ref_state, params)
+    chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_alpha_may_be_traced(grads, params):
+  @jax.jit
+  def step(alpha):
+    tx = osp.split_sgd(1.0, alpha=alpha, decomposition=osp.norm_excess(1.0), guard=None)
+    return tx.update(grads, tx.init(params), params)[0]
+
+  chex.assert_trees_all_close(
+      step(jnp.asarray(0.0)), jax.tree.map(lambda g: -0.01 * g, grads), rtol=1e-6
+  )
+
+
+def test_presets_expose_their_diagnostics(grads, params):
+  for tx in (osp.split_sgd(1.0), osp.split_adam(1.0)):
+    _, state = tx.update(grads, tx.init(params), params)
+    for name in ("global_share", "threshold", "spike_count"):
+      chex.assert_shape(optax.tree.get(state, name), ())
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [({"alpha": -1.5}, "alpha"), ({"local_fraction": 0.0}, "local_fraction"),
+     ({"local_fraction": -0.01}, "local_fraction"), ({"weight_decay": -1.0}, "weight_decay")],
+)
+@pytest.mark.parametrize("preset", [osp.split_sgd, osp.split_adam])
+def test_preset_misuse_names_the_argument(preset, kwargs, argument):
+  with pytest.raises(ValueError, match=f"`{argument}` must lie in"):
+    preset(1.0, **kwargs)
+
+
+def test_split_rates_misuse_names_the_argument():
+  with pytest.raises(ValueError, match="`alpha` must lie in"):
+    osp.split_rates(1.0, alpha=-2.0)
+  with pytest.raises(ValueError, match="`local_fraction` must lie in"):
+    osp.split_rates(1.0, alpha=0.0, local_fraction=0.0)
+
+
+def test_a_guard_must_be_a_decomposition():
+  with pytest.raises(TypeError, match="`guard` must be a decomposition"):
+    osp.split_sgd(1.0, guard=1.0)
+
+
+def test_weight_decay_needs_params(grads, params):
+  tx = osp.split_sgd(1.0, weight_decay=0.1)
+  with pytest.raises(ValueError, match="weight_decay needs the params"):
+    tx.update(grads, tx.init(params))
+
+
+# --- A vanilla tanh RNN on the adding problem, with a recurrent matrix that makes
+# --- gradients explode (orthogonal x 1.5): the defaults must keep the step bounded.
+
+HIDDEN, LENGTH, BATCH, RHO = 16, 20, 32, 1.5
+
+
+def _rnn_params(key):
+  k1, k2, k3 = jax.random.split(key, 3)
+  orthogonal, _ = jnp.linalg.qr(jax.random.normal(k1, (HIDDEN, HIDDEN)))
+  return {"w_in": jax.random.normal(k2, (2, HIDDEN)) / np.sqrt(2), "w_rec": RHO * orthogonal,
+          "b": jnp.zeros(HIDDEN), "w_out": jax.random.normal(k3, (HIDDEN,)) / np.sqrt(HIDDEN)}
+
+
+def _adding_loss(params, key):
+  k1, k2 = jax.random.split(key)
+  values = jax.random.uniform(k1, (BATCH, LENGTH))
+  marked = jax.vmap(lambda k: jax.random.permutation(k, LENGTH)[:2])(jax.random.split(k2, BATCH))
+  marks = jax.nn.one_hot(marked, LENGTH).sum(1)
+  inputs = jnp.stack([values, marks], -1).swapaxes(0, 1)
+
+  def cell(h, x):
+    return jnp.tanh(x @ params["w_in"] + h @ params["w_rec"] + params["b"]), None
+
+  h, _ = jax.lax.scan(cell, jnp.zeros((BATCH, HIDDEN)), inputs)
+  return jnp.mean((h @ params["w_out"] - jnp.sum(values * marks, 1)) ** 2)
+
+
+def _train(tx, steps):
+  params = _rnn_params(jax.random.PRNGKey(0))
+
+  def step(carry, key):
+    params, state = carry
+    grads = jax.grad(_adding_loss)(params, key)
+    updates, state = tx.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), (optax.tree.norm(grads),
+                                                            optax.tree.norm(updates))
+
+  keys = jax.random.split(jax.random.PRNGKey(1), steps)
+  (params, _), norms = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), keys))(params)
+  return params, norms
+
+
+def test_default_presets_bound_the_step_where_sgd_explodes():
+  effective_rate, steps = 1.0, 60
+  _, (sgd_grad_norms, _) = _train(optax.sgd(effective_rate), steps)
+  assert not np.all(np.isfinite(sgd_grad_norms)) or np.max(sgd_grad_norms) > 1e3
+
+  params, (grad_norms, update_norms) = _train(osp.split_sgd(effective_rate / 0.01), steps)
+  chex.assert_tree_all_finite(params)
+  # The guard caps what enters the split at max_norm; every built-in global
+  # component of a vector is no longer than the vector (or its running average).
+  bound = effective_rate * (1 + abs(_presets.DEFAULT_ALPHA)) * _presets.DEFAULT_GUARD.max_norm
+  assert np.max(update_norms) <= bound * (1 + 1e-5)
+  assert np.max(grad_norms) > _presets.DEFAULT_GUARD.max_norm  # the guard had work to do
