@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from conftest import DTYPES, dtype_context, model_tree
 
 import optax_split as osp
 
@@ -113,3 +114,21 @@ def test_mismatched_params_and_updates_are_rejected(grads, params):
   state = tx.init(params)
   with pytest.raises(ValueError, match="different tree structures"):
     tx.update(grads, state, {"other": jnp.ones(3)})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_whole_chain_keeps_shape_and_dtype_under_jit_without_retracing(dtype):
+  with dtype_context(dtype) as dt:
+    params = model_tree(jax.random.PRNGKey(0), dt)
+    grads = model_tree(jax.random.PRNGKey(1), dt)
+    eta_local, eta_global = osp.split_rates(optax.constant_schedule(1.0), alpha=jnp.asarray(2.0))
+    tx = optax.chain(
+        osp.split(osp.trend_component()), osp.scale_local(eta_local),
+        osp.scale_global(eta_global), osp.on_local(optax.trace(0.9)), osp.combine(),
+    )
+    chex.clear_trace_counter()
+    update = jax.jit(chex.assert_max_traces(tx.update, n=1))
+    state = tx.init(params)
+    for _ in range(2):
+      updates, state = update(grads, state, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
