@@ -178,10 +178,13 @@ def split_sgd(
     >>> params = {"w": jnp.ones(3)}
     >>> loss = lambda p: jnp.sum(p["w"] ** 2)
     >>> tx = osp.split_sgd(learning_rate=10.0)
+    >>> @jax.jit
+    ... def step(params, state):
+    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
+    ...   return optax.apply_updates(params, updates), state
     >>> state = tx.init(params)
     >>> for _ in range(200):
-    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
-    ...   params = optax.apply_updates(params, updates)
+    ...   params, state = step(params, state)
     >>> print(float(loss(params)) < 1e-3)
     True
   """
@@ -236,10 +239,13 @@ def split_adam(
     >>> params = {"w": jnp.ones(3)}
     >>> loss = lambda p: jnp.sum(p["w"] ** 2)
     >>> tx = osp.split_adam(learning_rate=10.0)
+    >>> @jax.jit
+    ... def step(params, state):
+    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
+    ...   return optax.apply_updates(params, updates), state
     >>> state = tx.init(params)
     >>> for _ in range(300):
-    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
-    ...   params = optax.apply_updates(params, updates)
+    ...   params, state = step(params, state)
     >>> print(float(loss(params)) < 1e-2)
     True
   """
