@@ -184,3 +184,12 @@ def make_params(size: int, key: jax.Array, *, layers: int = 4, multiple: int = 8
       }
       for i, k in enumerate(keys)
   }
+
+
+def make_grads(params: dict, key: jax.Array) -> dict:
+  """Standard-normal gradients for ``params``: a global norm far above ``MAX_NORM``."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return treedef.unflatten(
+      [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)]
+  )
