@@ -166,6 +166,20 @@ CASES = (
         lambda: _clipped(grokfast_ema(0.9, 1.0), optax.adam(LEARNING_RATE)),
         same_step=False,
     ),
+    Case(
+        "split_sgd (defaults, global_share=False)",
+        "clip_by_global_norm + Grokfast-EMA + sgd",
+        lambda: osp.split_sgd(PRESET_RATE, global_share=False),
+        lambda: _clipped(grokfast_ema(0.9, 1.0), optax.sgd(LEARNING_RATE)),
+        same_step=False,
+    ),
+    Case(
+        "split_adam (defaults, global_share=False)",
+        "clip_by_global_norm + Grokfast-EMA + adam",
+        lambda: osp.split_adam(PRESET_RATE, global_share=False),
+        lambda: _clipped(grokfast_ema(0.9, 1.0), optax.adam(LEARNING_RATE)),
+        same_step=False,
+    ),
 )
 
 

@@ -25,6 +25,8 @@ EXPECTED_CASES = (
     "split_adam(norm_excess, alpha=-1)",
     "split_sgd (defaults)",
     "split_adam (defaults)",
+    "split_sgd (defaults, global_share=False)",
+    "split_adam (defaults, global_share=False)",
 )
 
 

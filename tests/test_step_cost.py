@@ -111,3 +111,16 @@ def test_trend_step_updates_its_average_in_place():
   split_tx = optax.chain(_chain(osp.trend_component(0.9), False), optax.identity())
   ema_tx = optax.chain(optax.ema(0.9, debias=False), optax.sgd(0.1))
   assert _temp_bytes(split_tx, params, grads) <= _temp_bytes(ema_tx, params, grads) + 4096
+
+
+@pytest.mark.parametrize("preset", [osp.split_sgd, osp.split_adam])
+def test_presets_pass_global_share_on(preset):
+  params, grads = _params_and_grads()
+  with_share, without = preset(1.0), preset(1.0, global_share=False)
+  state_on, state_off = with_share.init(params), without.init(params)
+  for _ in range(3):
+    updates_on, state_on = jax.jit(with_share.update)(grads, state_on, params)
+    updates_off, state_off = jax.jit(without.update)(grads, state_off, params)
+    chex.assert_trees_all_close(updates_off, updates_on, rtol=1e-6, atol=1e-7)
+  assert optax.tree.get(state_off, "global_share") is None
+  chex.assert_shape(optax.tree.get(state_on, "global_share"), ())
