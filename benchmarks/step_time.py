@@ -4,11 +4,12 @@ Times the jitted update-and-apply step (params and state donated, as in
 training) of every case in ``cases.py``, running the split and the optax step
 alternately in one process so that both see the same machine load. Reports per
 case and size: median step times, the median ratio of back-to-back pairs (with
-the 10th-90th percentile of the pair ratios as the spread), the compiled temporary memory of each
-(``memory_analysis()``), the state bytes of each, and both step times against a
-memory-bandwidth floor: the bytes a step must read and write (gradients, params
-in and out, params-shaped state in and out) over the bandwidth of a jitted
-elementwise copy ``x + 1`` of a params-sized buffer on the same device.
+the 10th-90th percentile of the pair ratios as the spread), the compiled
+temporary memory of each (``memory_analysis()``), the state bytes of each, and
+both step times against a memory-bandwidth floor: the bytes a step must read
+and write (gradients, params in and out, params-shaped state in and out) over
+the bandwidth of a jitted elementwise copy ``x + 1`` of a params-sized buffer on
+the same device.
 
 ``--sharded`` instead compiles every step with the params sharded over 8
 devices (simulated CPU devices unless the machine has 8) and compares the
@@ -36,6 +37,8 @@ import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 SHARDED_DEVICES = 8
+# Set in the process that rerun_with_simulated_devices starts, so it cannot loop.
+_RERUN_MARK = "STEP_TIME_SIMULATED_DEVICES"
 
 
 def tree_bytes(tree) -> int:
@@ -147,14 +150,15 @@ def bench_case(case: cases.Case, params, grads, repeats: int, warmup: int, bandw
 def print_rows(rows, size: int, bandwidth: float) -> None:
   print(f"\n## {size:,} params (float32), copy bandwidth {bandwidth / 1e9:.2f} GB/s")
   print("| case | optax side | split ms | optax ms | pair ratio (p10-p90) | temp MB split/optax "
-        "| state bytes split - optax | split/floor | optax/floor |")
+        "| state MB split/optax (difference) | split/floor | optax/floor |")
   print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(
         f"| {r['case']} | {r['baseline']} | {r['split_ms']:.2f} | {r['optax_ms']:.2f} "
         f"| {r['ratio']:.3f} ({r['ratio_p10']:.2f}-{r['ratio_p90']:.2f}) "
         f"| {r['split_temp_bytes'] / 1e6:.2f}/{r['optax_temp_bytes'] / 1e6:.2f} "
-        f"| {r['split_state_bytes'] - r['optax_state_bytes']:+d} "
+        f"| {r['split_state_bytes'] / 1e6:.2f}/{r['optax_state_bytes'] / 1e6:.2f} "
+        f"({r['split_state_bytes'] - r['optax_state_bytes']:+d} B) "
         f"| {r['split_ms'] / r['split_floor_ms']:.2f} | {r['optax_ms'] / r['optax_floor_ms']:.2f} |"
     )
 
@@ -217,9 +221,13 @@ def rerun_with_simulated_devices() -> int:
   XLA reads the device count when the backend starts, so it cannot change in a
   running process.
   """
+  if os.environ.get(_RERUN_MARK):
+    sys.exit(f"--sharded needs {SHARDED_DEVICES} devices, and this process has "
+             f"{jax.device_count()} even with simulated CPU devices. Check XLA_FLAGS.")
   flags = os.environ.get("XLA_FLAGS", "")
   env = dict(
       os.environ,
+      **{_RERUN_MARK: "1"},
       JAX_PLATFORMS="cpu",
       XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={SHARDED_DEVICES}".strip(),
   )
