@@ -176,7 +176,8 @@ def split_sgd(
 
   Returns:
     An ``optax.GradientTransformation``; its state holds the diagnostics
-    ``global_share``, ``threshold`` and ``spike_count`` (``optax.tree.get``).
+    ``global_share`` (None with ``global_share=False``), ``threshold`` and
+    ``spike_count`` (``optax.tree.get``).
 
   Example:
     >>> import jax
