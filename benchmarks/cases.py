@@ -35,16 +35,16 @@ class Case:
   Attributes:
     name: Short name of the split side.
     baseline: What the optax side is, in words.
-    split: Builds the optimizer made with ``optax_split``.
-    optax: Builds the nearest optimizer made with optax alone.
+    build_split: Builds the optimizer made with ``optax_split``.
+    build_optax: Builds the nearest optimizer made with optax alone.
     same_step: Whether both compute the same step, so that the benchmark can
       check it.
   """
 
   name: str
   baseline: str
-  split: Callable[[], optax.GradientTransformation]
-  optax: Callable[[], optax.GradientTransformation]
+  build_split: Callable[[], optax.GradientTransformation]
+  build_optax: Callable[[], optax.GradientTransformation]
   same_step: bool
 
 

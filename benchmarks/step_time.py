@@ -121,7 +121,7 @@ def time_pair(compiled, txs, params, grads, repeats: int, warmup: int):
 
 
 def bench_case(case: cases.Case, params, grads, repeats: int, warmup: int, bandwidth: float):
-  txs = (case.split(), case.optax())
+  txs = (case.build_split(), case.build_optax())
   states = [tx.init(params) for tx in txs]
   compiled = [compile_step(tx, params, s, grads) for tx, s in zip(txs, states, strict=True)]
   diff = check_same_step(case, compiled, txs, params, grads)
@@ -179,7 +179,7 @@ def run_timed(args) -> list:
 def sharded_memory(case: cases.Case, params, grads) -> dict:
   """Per-device memory of both steps compiled with params sharded along their first axis."""
   row = {"case": case.name, "baseline": case.baseline}
-  for side, tx in (("split", case.split()), ("optax", case.optax())):
+  for side, tx in (("split", case.build_split()), ("optax", case.build_optax())):
     state = tx.init(params)
     stats = compile_step(tx, params, state, grads).memory_analysis()
     row[f"{side}_state_bytes"] = tree_bytes_per_device(state)
