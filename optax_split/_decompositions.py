@@ -173,8 +173,7 @@ class TrendComponent(Decomposition):
 
   def decompose(self, updates, state, params):
     del params
-    total_sq = _numerics.tree_squared_norm(updates)
-    finite = jnp.isfinite(total_sq)
+    finite = _numerics.tree_all_finite(updates)
     first = state.count == 0
 
     def leaf(g, m):
@@ -182,13 +181,17 @@ class TrendComponent(Decomposition):
       previous = jnp.where(first, g.astype(m.dtype), m)
       return (self.decay * previous + (1 - self.decay) * g).astype(m.dtype)
 
-    trend = jax.tree.map(leaf, updates, state.trend)
+    # A non-finite step must not poison the average for the steps after it. G is
+    # the guarded average too (the step is not finite anyway then): so the old
+    # average is read only to make the new one, and XLA can update it in place.
+    trend = jax.tree.map(
+        lambda g, m: jnp.where(finite, leaf(g, m), m), updates, state.trend
+    )
     global_ = jax.tree.map(lambda m, g: m.astype(g.dtype), trend, updates)
-    # A non-finite step must not poison the average for the steps after it.
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), trend, state.trend)
     count = jnp.where(finite, optax.safe_increment(state.count), state.count)
-    share = _share(_numerics.tree_squared_norm(global_), total_sq)
-    return _rest(updates, global_), global_, TrendState(count=count, trend=kept), share
+    # Only for the diagnostic: without it the compiled step drops these sums.
+    share = _share(_numerics.tree_squared_norm(global_), _numerics.tree_squared_norm(updates))
+    return _rest(updates, global_), global_, TrendState(count=count, trend=trend), share
 
 
 def trend_component(decay: float = 0.98) -> TrendComponent:
@@ -457,7 +460,11 @@ class UnitExcess(Decomposition):
     kept = _numerics.kept_fraction(jnp.sqrt(g_sq), budget)
     local = (kept * g).astype(g.dtype)
     global_ = ((1 - kept) * g).astype(g.dtype)
-    return local, global_, jnp.sum(jnp.square(1 - kept) * g_sq), jnp.sum(g_sq)
+    # Both sums in one reduction: XLA would rewrite a lone sum of ``g_sq`` into a
+    # second full pass over the squares of ``g``.
+    sums = jnp.stack([jnp.square(1 - kept) * g_sq, g_sq]).reshape(2, -1).sum(axis=1)
+    global_sq, total_sq = sums[0], sums[1]
+    return local, global_, global_sq, total_sq
 
   def decompose(self, updates, state, params):
     if params is None:

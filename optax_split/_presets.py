@@ -126,12 +126,16 @@ def _reweighted(
     decomposition: Decomposition,
     guard: Decomposition | None,
     local_fraction: jax.typing.ArrayLike,
+    global_share: bool,
 ) -> optax.GradientTransformation:
   """``g -> g' + alpha * G(g')``, ``g'`` the guarded gradient: the presets' first stage."""
   _check_alpha(alpha)
   _check_local_fraction(local_fraction)
   return optax.chain(
-      _drop_global(guard), split(decomposition), scale_global(_one_plus(alpha)), combine()
+      _drop_global(guard),
+      split(decomposition, global_share=global_share),
+      scale_global(_one_plus(alpha)),
+      combine(),
   )
 
 
@@ -145,6 +149,7 @@ def split_sgd(
     momentum: jax.typing.ArrayLike | None = None,
     nesterov: bool = False,
     weight_decay: jax.typing.ArrayLike = 0.0,
+    global_share: bool = True,
 ) -> optax.GradientTransformation:
   """SGD on the split gradient: the step is ``-eta_local * (g + alpha * G)``.
 
@@ -165,10 +170,14 @@ def split_sgd(
     momentum: Optional heavy-ball momentum after the split.
     nesterov: Use Nesterov momentum.
     weight_decay: Decoupled weight decay, scaled by ``eta_local``.
+    global_share: Whether to keep the ``global_share`` diagnostic, which costs
+      the default decomposition two passes over the gradient (see
+      :func:`optax_split.split`).
 
   Returns:
     An ``optax.GradientTransformation``; its state holds the diagnostics
-    ``global_share``, ``threshold`` and ``spike_count`` (``optax.tree.get``).
+    ``global_share`` (None with ``global_share=False``), ``threshold`` and
+    ``spike_count`` (``optax.tree.get``).
 
   Example:
     >>> import jax
@@ -189,7 +198,7 @@ def split_sgd(
     True
   """
   return optax.chain(
-      _reweighted(alpha, decomposition, guard, local_fraction),
+      _reweighted(alpha, decomposition, guard, local_fraction, global_share),
       optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None
       else optax.identity(),
       _decay_weights(weight_decay),
@@ -208,6 +217,7 @@ def split_adam(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     weight_decay: jax.typing.ArrayLike = 0.0,
+    global_share: bool = True,
 ) -> optax.GradientTransformation:
   """Adam on the split-and-reweighted gradient.
 
@@ -227,6 +237,8 @@ def split_adam(
     b2: Adam's second-moment decay.
     eps: Adam's epsilon.
     weight_decay: Decoupled weight decay, scaled by ``eta_local``.
+    global_share: Whether to keep the ``global_share`` diagnostic (see
+      :func:`split_sgd`).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -250,7 +262,7 @@ def split_adam(
     True
   """
   return optax.chain(
-      _reweighted(alpha, decomposition, guard, local_fraction),
+      _reweighted(alpha, decomposition, guard, local_fraction, global_share),
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
       _decay_weights(weight_decay),
       optax.scale_by_learning_rate(_times(local_fraction, learning_rate)),

@@ -32,11 +32,12 @@ class SplitState(NamedTuple):
 
   Attributes:
     global_share: ``||G||^2 / ||g||^2`` at the last step (float32; 0 for zero
-      updates). Read it with ``optax.tree.get(state, "global_share")``.
+      updates), or None when :func:`split` was told not to track it. Read it
+      with ``optax.tree.get(state, "global_share")``.
     decomposition: The decomposition's own state.
   """
 
-  global_share: jax.Array
+  global_share: jax.Array | None
   decomposition: Any
 
 
@@ -57,16 +58,25 @@ def _require_split(updates: Any, caller: str) -> SplitUpdates:
   return updates
 
 
-def split(decomposition: Decomposition) -> optax.GradientTransformation:
+def split(
+    decomposition: Decomposition, *, global_share: bool = True
+) -> optax.GradientTransformation:
   """Splits params-shaped updates into ``SplitUpdates(local, global_)``.
 
   The decomposition picks the global component ``G``; the local one is the rest,
   ``g - G``. Follow with per-branch transformations and :func:`combine`.
 
+  The ``global_share`` diagnostic is free for the norm-based decompositions
+  (:func:`norm_excess`, :func:`spike_excess`, :func:`unit_excess`) but costs
+  :func:`mean_component` and :func:`trend_component` extra passes over the
+  updates to sum their squares: turn it off where the step time matters.
+
   Args:
     decomposition: Which global component to take, e.g. :func:`norm_excess`,
       :func:`mean_component`, :func:`trend_component`, :func:`spike_excess` or
       :func:`unit_excess`.
+    global_share: Whether to keep ``||G||^2 / ||g||^2`` in the state; when
+      False the state holds None there and the compiled step skips the sums.
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a :class:`SplitState`.
@@ -91,11 +101,17 @@ def split(decomposition: Decomposition) -> optax.GradientTransformation:
         f"split() expects a decomposition such as norm_excess(1.0) or "
         f"trend_component(), got {decomposition!r}."
     )
+  if not isinstance(global_share, bool):
+    raise TypeError(
+        f"`global_share` must be True or False, got {global_share!r}. E.g. "
+        "split(trend_component(), global_share=False)."
+    )
 
   def init_fn(params):
     _validation.check_float_leaves(params, what="params", caller="split()")
     return SplitState(
-        global_share=jnp.zeros([], jnp.float32), decomposition=decomposition.init(params)
+        global_share=jnp.zeros([], jnp.float32) if global_share else None,
+        decomposition=decomposition.init(params),
     )
 
   def update_fn(updates, state, params=None):
@@ -109,6 +125,8 @@ def split(decomposition: Decomposition) -> optax.GradientTransformation:
     local, global_, decomposition_state, share = decomposition.decompose(
         updates, state.decomposition, params
     )
+    # Unused, the share's sums are dropped from the compiled step.
+    share = share if global_share else None
     return SplitUpdates(local, global_), SplitState(share, decomposition_state)
 
   return optax.GradientTransformation(init_fn, update_fn)

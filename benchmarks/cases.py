@@ -1,0 +1,209 @@
+"""The comparisons of the step-time benchmark: each split chain beside the nearest optax chain.
+
+Every case pairs a chain built with ``optax_split`` with the chain a user would
+otherwise write with optax alone. Both are full optimizers (they end in the
+descent step), run at the same effective learning rate on the same pytree. Where
+the split computes exactly the optax step (a documented special case), the
+case says so and the benchmark checks it on one step before timing.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import optax_split as osp
+
+# The effective step size (the presets' local rate); the timing does not depend on it.
+LEARNING_RATE = 1e-3
+# Clipping budget of the norm-based cases: far below the benchmark gradients' norm, so the
+# clip is active on every step.
+MAX_NORM = 1.0
+# Grokfast-EMA's defaults (Lee et al. 2024): decay 0.98, lambda 2.
+TREND_DECAY = 0.98
+TREND_LAMBDA = 2.0
+# Presets take the total rate; their local step is local_fraction (0.01) of it.
+PRESET_RATE = LEARNING_RATE / 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One row of the benchmark.
+
+  Attributes:
+    name: Short name of the split side.
+    baseline: What the optax side is, in words.
+    build_split: Builds the optimizer made with ``optax_split``.
+    build_optax: Builds the nearest optimizer made with optax alone.
+    same_step: Whether both compute the same step, so that the benchmark can
+      check it.
+  """
+
+  name: str
+  baseline: str
+  build_split: Callable[[], optax.GradientTransformation]
+  build_optax: Callable[[], optax.GradientTransformation]
+  same_step: bool
+
+
+def grokfast_ema(decay: float, lamb: float) -> optax.GradientTransformation:
+  """Grokfast-EMA written with plain optax: ``g + lamb * m``, ``m`` the EMA of ``g``.
+
+  As in the reference code the average starts at the first gradient. Optax has
+  no transformation that adds a slow average back onto the gradient, so this is
+  the short custom one a user would write; its state is ``optax.EmaState``.
+  """
+  ema = optax.ema(decay, debias=False)
+
+  def update_fn(updates, state, params=None):
+    del params
+    first = state.count == 0
+    ema_state = state._replace(
+        ema=jax.tree.map(lambda g, m: jnp.where(first, g, m), updates, state.ema)
+    )
+    slow, ema_state = ema.update(updates, ema_state)
+    return jax.tree.map(lambda g, m: g + lamb * m, updates, slow), ema_state
+
+  return optax.GradientTransformation(ema.init, update_fn)
+
+
+def _bare(
+    decomposition: osp.Decomposition, alpha: float, *, global_share: bool = True
+) -> optax.GradientTransformation:
+  """The bare algorithm: split, scale each branch at its reference rate, combine."""
+  eta_local = LEARNING_RATE
+  return optax.chain(
+      osp.split(decomposition, global_share=global_share),
+      osp.scale_local(-eta_local),
+      osp.scale_global(-(1 + alpha) * eta_local),
+      osp.combine(),
+  )
+
+
+def _clipped(*rest: optax.GradientTransformation) -> optax.GradientTransformation:
+  return optax.chain(optax.clip_by_global_norm(MAX_NORM), *rest)
+
+
+CASES = (
+    Case(
+        "norm_excess",
+        "clip_by_global_norm + sgd",
+        lambda: _bare(osp.norm_excess(MAX_NORM), alpha=-1.0),
+        lambda: _clipped(optax.sgd(LEARNING_RATE)),
+        same_step=True,
+    ),
+    Case(
+        "mean_component",
+        "centralize + sgd",
+        lambda: _bare(osp.mean_component(keep_axis=0), alpha=-1.0),
+        lambda: optax.chain(optax.centralize(), optax.sgd(LEARNING_RATE)),
+        same_step=True,
+    ),
+    Case(
+        "mean_component, global_share=False",
+        "centralize + sgd",
+        lambda: _bare(osp.mean_component(keep_axis=0), alpha=-1.0, global_share=False),
+        lambda: optax.chain(optax.centralize(), optax.sgd(LEARNING_RATE)),
+        same_step=True,
+    ),
+    Case(
+        "unit_excess",
+        "adaptive_grad_clip + sgd",
+        lambda: _bare(osp.unit_excess(clipping=0.01), alpha=-1.0),
+        lambda: optax.chain(optax.adaptive_grad_clip(0.01), optax.sgd(LEARNING_RATE)),
+        same_step=True,
+    ),
+    Case(
+        "trend_component",
+        "Grokfast-EMA (optax.ema + g + lambda*m) + sgd",
+        lambda: _bare(osp.trend_component(TREND_DECAY), alpha=TREND_LAMBDA),
+        lambda: optax.chain(grokfast_ema(TREND_DECAY, TREND_LAMBDA), optax.sgd(LEARNING_RATE)),
+        same_step=True,
+    ),
+    Case(
+        "trend_component, global_share=False",
+        "Grokfast-EMA (optax.ema + g + lambda*m) + sgd",
+        lambda: _bare(osp.trend_component(TREND_DECAY), alpha=TREND_LAMBDA, global_share=False),
+        lambda: optax.chain(grokfast_ema(TREND_DECAY, TREND_LAMBDA), optax.sgd(LEARNING_RATE)),
+        same_step=True,
+    ),
+    Case(
+        "spike_excess",
+        "clip_by_global_norm + sgd (a fixed threshold)",
+        lambda: _bare(osp.spike_excess(max_norm=MAX_NORM), alpha=-1.0),
+        lambda: _clipped(optax.sgd(LEARNING_RATE)),
+        same_step=False,
+    ),
+    Case(
+        "split_sgd(norm_excess, alpha=-1)",
+        "clip_by_global_norm + sgd",
+        lambda: osp.split_sgd(PRESET_RATE, -1.0, decomposition=osp.norm_excess(MAX_NORM),
+                              guard=None),
+        lambda: _clipped(optax.sgd(LEARNING_RATE)),
+        same_step=True,
+    ),
+    Case(
+        "split_adam(norm_excess, alpha=-1)",
+        "clip_by_global_norm + adam",
+        lambda: osp.split_adam(PRESET_RATE, -1.0, decomposition=osp.norm_excess(MAX_NORM),
+                               guard=None),
+        lambda: _clipped(optax.adam(LEARNING_RATE)),
+        same_step=True,
+    ),
+    Case(
+        "split_sgd (defaults)",
+        "clip_by_global_norm + Grokfast-EMA + sgd",
+        lambda: osp.split_sgd(PRESET_RATE),
+        lambda: _clipped(grokfast_ema(0.9, 1.0), optax.sgd(LEARNING_RATE)),
+        same_step=False,
+    ),
+    Case(
+        "split_adam (defaults)",
+        "clip_by_global_norm + Grokfast-EMA + adam",
+        lambda: osp.split_adam(PRESET_RATE),
+        lambda: _clipped(grokfast_ema(0.9, 1.0), optax.adam(LEARNING_RATE)),
+        same_step=False,
+    ),
+    Case(
+        "split_sgd (defaults, global_share=False)",
+        "clip_by_global_norm + Grokfast-EMA + sgd",
+        lambda: osp.split_sgd(PRESET_RATE, global_share=False),
+        lambda: _clipped(grokfast_ema(0.9, 1.0), optax.sgd(LEARNING_RATE)),
+        same_step=False,
+    ),
+    Case(
+        "split_adam (defaults, global_share=False)",
+        "clip_by_global_norm + Grokfast-EMA + adam",
+        lambda: osp.split_adam(PRESET_RATE, global_share=False),
+        lambda: _clipped(grokfast_ema(0.9, 1.0), optax.adam(LEARNING_RATE)),
+        same_step=False,
+    ),
+)
+
+
+def make_params(size: int, key: jax.Array, *, layers: int = 4, multiple: int = 8) -> dict:
+  """An MLP-like pytree of about ``size`` float32 parameters.
+
+  ``layers`` square ``(d, d)`` kernels with ``(d,)`` biases; ``d`` is a multiple
+  of ``multiple`` so that every leaf can be sharded over that many devices.
+  """
+  width = max(multiple, int((size / layers) ** 0.5) // multiple * multiple)
+  keys = jax.random.split(key, layers)
+  return {
+      f"layer{i}": {
+          "kernel": 0.05 * jax.random.normal(k, (width, width), jnp.float32),
+          "bias": jnp.zeros((width,), jnp.float32),
+      }
+      for i, k in enumerate(keys)
+  }
+
+
+def make_grads(params: dict, key: jax.Array) -> dict:
+  """Standard-normal gradients for ``params``: a global norm far above ``MAX_NORM``."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return treedef.unflatten(
+      [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)]
+  )

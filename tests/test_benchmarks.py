@@ -1,0 +1,74 @@
+"""The benchmark scripts run end to end in their tiny mode (their timings are never asserted)."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEP_TIME = ROOT / "benchmarks" / "step_time.py"
+
+# One row per comparison; a row that disappears from the script fails here.
+EXPECTED_CASES = (
+    "norm_excess",
+    "mean_component",
+    "mean_component, global_share=False",
+    "unit_excess",
+    "trend_component",
+    "trend_component, global_share=False",
+    "spike_excess",
+    "split_sgd(norm_excess, alpha=-1)",
+    "split_adam(norm_excess, alpha=-1)",
+    "split_sgd (defaults)",
+    "split_adam (defaults)",
+    "split_sgd (defaults, global_share=False)",
+    "split_adam (defaults, global_share=False)",
+)
+
+
+def _run(tmp_path, *flags):
+  out = tmp_path / "results.json"
+  env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  proc = subprocess.run(
+      [sys.executable, str(STEP_TIME), "--sizes", "10000", *flags, "--json", str(out)],
+      capture_output=True, text=True, env=env, timeout=600, check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout, json.loads(out.read_text())
+
+
+def _assert_every_row(stdout, results, fields):
+  assert len(results) == 1
+  rows = results[0]["rows"]
+  assert tuple(row["case"] for row in rows) == EXPECTED_CASES
+  for row in rows:
+    assert f"| {row['case']} |" in stdout
+    for field in fields:
+      for side in ("split", "optax"):
+        value = row[f"{side}_{field}"]
+        assert math.isfinite(value) and value >= 0, (row["case"], side, field, value)
+
+
+def test_step_time_tiny_mode_reports_every_row(tmp_path):
+  stdout, results = _run(tmp_path, "--repeats", "3", "--warmup", "1")
+  _assert_every_row(stdout, results, ("ms", "temp_bytes", "state_bytes", "floor_ms"))
+  assert results[0]["bandwidth"] > 0
+
+
+def test_step_time_sharded_mode_reports_every_row(tmp_path):
+  stdout, results = _run(tmp_path, "--sharded")
+  _assert_every_row(stdout, results, ("state_bytes", "temp_bytes", "total_bytes"))
+  assert results[0]["devices"] == 8
+
+
+@pytest.mark.parametrize("flags", [["--sizes", "0"], ["--repeats", "0"], ["--warmup", "-1"]])
+def test_step_time_rejects_bad_flags(flags):
+  proc = subprocess.run(
+      [sys.executable, str(STEP_TIME), *flags], capture_output=True, text=True, check=False
+  )
+  assert proc.returncode == 2
+  assert flags[0] in proc.stderr

@@ -1,0 +1,126 @@
+"""What keeps the split step as cheap as its optax equivalent, and that it changes no result."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import optax_split as osp
+from optax_split import _numerics
+
+DECOMPOSITIONS = {
+    "mean": osp.mean_component(keep_axis=0),
+    "trend": osp.trend_component(0.9),
+    "norm": osp.norm_excess(1.0),
+    "spike": osp.spike_excess(warmup=1, max_norm=1.0),
+    "unit": osp.unit_excess(0.01),
+}
+
+
+def _params_and_grads():
+  keys = jax.random.split(jax.random.key(0), 4)
+  params = {"w": jax.random.normal(keys[0], (6, 5)), "b": jax.random.normal(keys[1], (5,))}
+  grads = {"w": jax.random.normal(keys[2], (6, 5)), "b": jax.random.normal(keys[3], (5,))}
+  return params, grads
+
+
+def _chain(decomposition, global_share):
+  return optax.chain(
+      osp.split(decomposition, global_share=global_share),
+      osp.scale_local(-0.1),
+      osp.scale_global(-0.3),
+      osp.combine(),
+  )
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+@pytest.mark.parametrize("name", sorted(DECOMPOSITIONS))
+def test_global_share_off_keeps_the_updates_and_drops_the_diagnostic(name, use_jit):
+  params, grads = _params_and_grads()
+  with_share = _chain(DECOMPOSITIONS[name], True)
+  without = _chain(DECOMPOSITIONS[name], False)
+  state_on, state_off = with_share.init(params), without.init(params)
+  update_on, update_off = with_share.update, without.update
+  if use_jit:
+    update_on, update_off = jax.jit(update_on), jax.jit(update_off)
+  for _ in range(3):
+    updates_on, state_on = update_on(grads, state_on, params)
+    updates_off, state_off = update_off(grads, state_off, params)
+    chex.assert_trees_all_close(updates_off, updates_on, rtol=1e-6, atol=1e-7)
+  assert optax.tree.get(state_off, "global_share") is None
+  share = optax.tree.get(state_on, "global_share")
+  chex.assert_shape(share, ())
+  chex.assert_type(share, jnp.float32)
+
+
+def test_global_share_must_be_a_bool():
+  with pytest.raises(TypeError, match="global_share.*global_share=False"):
+    osp.split(osp.norm_excess(1.0), global_share=1)
+
+
+def test_unit_excess_share_is_the_ratio_of_squared_norms():
+  params, grads = _params_and_grads()
+  tx = osp.split(osp.unit_excess(0.01))
+  parts, state = tx.update(grads, tx.init(params), params)
+  expected = optax.tree.norm(parts.global_, squared=True) / optax.tree.norm(grads, squared=True)
+  chex.assert_trees_all_close(optax.tree.get(state, "global_share"), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_trend_ignores_a_non_finite_step(bad, use_jit):
+  params, grads = _params_and_grads()
+  tx = osp.split(osp.trend_component(0.5))
+  update = jax.jit(tx.update) if use_jit else tx.update
+  _, state = update(grads, tx.init(params), params)
+  poisoned = {"w": grads["w"].at[2, 3].set(bad), "b": grads["b"]}
+  parts, new_state = update(poisoned, state, params)
+  chex.assert_trees_all_equal(new_state.decomposition, state.decomposition)
+  # G is the unchanged average; the step as a whole is not finite anyway.
+  chex.assert_trees_all_equal(parts.global_, state.decomposition.trend)
+  assert not jnp.isfinite(optax.tree.norm(parts.local))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_tree_all_finite(dtype):
+  tree = {"a": jnp.ones((3, 4), dtype), "b": jnp.full((2,), -2.0, dtype)}
+  assert _numerics.tree_all_finite(tree)
+  for bad in (jnp.nan, jnp.inf, -jnp.inf):
+    assert not _numerics.tree_all_finite({**tree, "a": tree["a"].at[1, 2].set(bad)})
+  # float16 elements are summed in float32, so their sum does not overflow; the
+  # largest bfloat16 and float32 numbers overflow float32 (counted not finite).
+  big = jnp.full((4,), jnp.finfo(dtype).max, dtype)
+  assert _numerics.tree_all_finite({"big": big}) == (dtype == jnp.float16)
+  assert _numerics.tree_all_finite({})
+
+
+def _temp_bytes(tx, params, grads):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), grads)
+  return lowered.compile().memory_analysis().temp_size_in_bytes
+
+
+def test_trend_step_updates_its_average_in_place():
+  # A params-sized buffer is 256 KiB here; the split may add only scalars.
+  params = {"w": jnp.zeros((256, 256))}
+  grads = {"w": jnp.ones((256, 256))}
+  split_tx = optax.chain(_chain(osp.trend_component(0.9), False), optax.identity())
+  ema_tx = optax.chain(optax.ema(0.9, debias=False), optax.sgd(0.1))
+  assert _temp_bytes(split_tx, params, grads) <= _temp_bytes(ema_tx, params, grads) + 4096
+
+
+@pytest.mark.parametrize("preset", [osp.split_sgd, osp.split_adam])
+def test_presets_pass_global_share_on(preset):
+  params, grads = _params_and_grads()
+  with_share, without = preset(1.0), preset(1.0, global_share=False)
+  state_on, state_off = with_share.init(params), without.init(params)
+  for _ in range(3):
+    updates_on, state_on = jax.jit(with_share.update)(grads, state_on, params)
+    updates_off, state_off = jax.jit(without.update)(grads, state_off, params)
+    chex.assert_trees_all_close(updates_off, updates_on, rtol=1e-6, atol=1e-7)
+  assert optax.tree.get(state_off, "global_share") is None
+  chex.assert_shape(optax.tree.get(state_on, "global_share"), ())
