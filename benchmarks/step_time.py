@@ -163,6 +163,10 @@ def print_rows(rows, size: int, bandwidth: float) -> None:
     )
 
 
+def selected_cases(args) -> list:
+  return [c for c in cases.CASES if not args.cases or any(k in c.name for k in args.cases)]
+
+
 def run_timed(args) -> list:
   results = []
   for size in args.sizes:
@@ -170,7 +174,8 @@ def run_timed(args) -> list:
     params = cases.make_params(size, key_params)
     grads = cases.make_grads(params, key_grads)
     bandwidth = copy_bandwidth(params, args.repeats)
-    rows = [bench_case(c, params, grads, args.repeats, args.warmup, bandwidth) for c in cases.CASES]
+    rows = [bench_case(c, params, grads, args.repeats, args.warmup, bandwidth)
+            for c in selected_cases(args)]
     print_rows(rows, tree_bytes(params) // 4, bandwidth)
     results.append({"size": tree_bytes(params) // 4, "bandwidth": bandwidth, "rows": rows})
   return results
@@ -201,7 +206,7 @@ def run_sharded(args) -> list:
     key_params, key_grads = jax.random.split(jax.random.key(size))
     params = jax.device_put(cases.make_params(size, key_params, multiple=SHARDED_DEVICES), shard)
     grads = jax.device_put(cases.make_grads(params, key_grads), shard)
-    rows = [sharded_memory(c, params, grads) for c in cases.CASES]
+    rows = [sharded_memory(c, params, grads) for c in selected_cases(args)]
     n = tree_bytes(params) // 4
     print(f"\n## {n:,} params sharded over {SHARDED_DEVICES} devices: bytes per device")
     print("| case | optax side | state split/optax | temp split/optax | total split/optax |")
@@ -244,7 +249,12 @@ def parse_args(argv=None):
                       help=f"compare memory per device with params sharded over "
                            f"{SHARDED_DEVICES} devices instead of timing")
   parser.add_argument("--json", help="also write the results to this JSON file")
+  parser.add_argument("--cases", nargs="+", metavar="TEXT",
+                      help="only the cases whose name contains one of these, e.g. --cases trend")
   args = parser.parse_args(argv)
+  if args.cases and not selected_cases(args):
+    parser.error(f"--cases {' '.join(args.cases)} matches none of: "
+                 + ", ".join(c.name for c in cases.CASES))
   for name in ("sizes", "repeats"):
     values = np.atleast_1d(getattr(args, name))
     if np.any(values < 1):

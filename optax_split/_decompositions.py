@@ -154,7 +154,7 @@ class TrendState(NamedTuple):
   """State of :func:`trend_component`.
 
   Attributes:
-    count: Number of finite steps seen (int32).
+    count: Number of steps seen (int32).
     trend: The slow exponential moving average of the updates, params-shaped.
   """
 
@@ -173,22 +173,20 @@ class TrendComponent(Decomposition):
 
   def decompose(self, updates, state, params):
     del params
-    finite = _numerics.tree_all_finite(updates)
     first = state.count == 0
 
     def leaf(g, m):
       # Like Grokfast, the average starts at the first gradient, not at zero.
       previous = jnp.where(first, g.astype(m.dtype), m)
-      return (self.decay * previous + (1 - self.decay) * g).astype(m.dtype)
+      new = (self.decay * previous + (1 - self.decay) * g).astype(m.dtype)
+      # A non-finite element must not poison its average for later steps. The
+      # guard is per element, so the step reads the old average once and XLA
+      # updates it in place: no extra pass over the updates to test them first.
+      return jnp.where(jnp.isfinite(g), new, m)
 
-    # A non-finite step must not poison the average for the steps after it. G is
-    # the guarded average too (the step is not finite anyway then): so the old
-    # average is read only to make the new one, and XLA can update it in place.
-    trend = jax.tree.map(
-        lambda g, m: jnp.where(finite, leaf(g, m), m), updates, state.trend
-    )
+    trend = jax.tree.map(leaf, updates, state.trend)
     global_ = jax.tree.map(lambda m, g: m.astype(g.dtype), trend, updates)
-    count = jnp.where(finite, optax.safe_increment(state.count), state.count)
+    count = optax.safe_increment(state.count)
     # Only for the diagnostic: without it the compiled step drops these sums.
     share = _share(_numerics.tree_squared_norm(global_), _numerics.tree_squared_norm(updates))
     return _rest(updates, global_), global_, TrendState(count=count, trend=trend), share
@@ -199,8 +197,9 @@ def trend_component(decay: float = 0.98) -> TrendComponent:
 
   ``G_t = m_t = decay * m_{t-1} + (1 - decay) * g_t``, with ``m`` started at
   the first gradient. With ``alpha = lambda`` the split step is Grokfast-EMA,
-  ``g + lambda * m_t``. Steps whose updates are not finite leave ``m``
-  unchanged. State: one params-shaped buffer and a counter.
+  ``g + lambda * m_t``. A non-finite element of the updates leaves its entry of
+  ``m`` unchanged (the rest of the step updates as usual), so NaN or Inf never
+  enters the average. State: one params-shaped buffer and a counter.
 
   Args:
     decay: The EMA's decay, in ``[0, 1)``; larger is slower.

@@ -33,21 +33,6 @@ def tree_squared_norm(tree: Any) -> jax.Array:
   return sum(squared_norm(leaf) for leaf in leaves)
 
 
-def tree_all_finite(tree: Any) -> jax.Array:
-  """Whether every element of a pytree is finite, as a boolean scalar.
-
-  Tested on the plain sum of the elements: a NaN or an infinity anywhere makes
-  it non-finite. Unlike a sum of squares it reads each leaf as it is, so the
-  compiler has no squares to store (it does store them on the CPU for a full
-  reduction of a matrix). Finite elements whose sum overflows count as not
-  finite, the safe side for a guard.
-  """
-  return jnp.isfinite(
-      sum((jnp.sum(leaf, dtype=accumulation_dtype(leaf.dtype)) for leaf in jax.tree.leaves(tree)),
-          jnp.zeros([], jnp.float32))
-  )
-
-
 def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
   """``numerator / denominator`` where the denominator is positive, else 0.
 
