@@ -1,4 +1,4 @@
-"""Runs every optimizer on params sharded over a 2 x 4 mesh and reports what it sees.
+"""Runs the optimizers on params sharded over a 2 x 4 mesh and reports what they do.
 
 Run by ``tests/test_sharding.py`` in a fresh process with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the flag must be set before JAX
@@ -31,7 +31,8 @@ DECOMPOSITIONS = {
     "mean_component": osp.mean_component(),
     "trend_component": osp.trend_component(),
     "norm_excess": osp.norm_excess(max_norm=1.0),
-    "spike_excess": osp.spike_excess(),
+    # Without a warm-up, the adaptive threshold already acts on the second step.
+    "spike_excess": osp.spike_excess(warmup=1),
     "unit_excess": osp.unit_excess(),
 }
 
@@ -44,10 +45,14 @@ def bare_chain(decomposition):
   )
 
 
-OPTIMIZERS = {
-    "split_sgd": lambda d: osp.split_sgd(0.1, momentum=0.9, decomposition=d),
-    "split_adam": lambda d: osp.split_adam(1.0, decomposition=d),
-    "bare_chain": bare_chain,
+# The bare chain with every decomposition, and the presets with their defaults: between them
+# every reduction in the library (per unit, per leaf, global norms, the presets' guard) and
+# the params-shaped states (trend, momentum, Adam's moments). The presets add no reduction
+# that depends on their decomposition, so their other combinations are left out for speed.
+CASES = {
+    **{f"bare_chain-{name}": bare_chain(d) for name, d in DECOMPOSITIONS.items()},
+    "split_sgd-default": osp.split_sgd(0.1, momentum=0.9),
+    "split_adam-default": osp.split_adam(1.0),
 }
 
 
@@ -86,7 +91,8 @@ def max_relative_difference(tree, reference):
   diffs = []
   for x, y in zip(jax.tree.leaves(tree), jax.tree.leaves(reference), strict=True):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    diff = np.where(x == y, 0.0, np.abs(x - y))
+    with np.errstate(invalid="ignore"):  # inf - inf, where both are inf
+      diff = np.where(x == y, 0.0, np.abs(x - y))
     scale = np.max(np.abs(y), initial=0.0, where=np.isfinite(y))
     diffs.append(float(np.max(diff, initial=0.0)) / max(scale, 1e-30))
   return max(diffs)
@@ -135,11 +141,7 @@ def main():
       "device_count": jax.device_count(),
       "param_shapes": [list(shape) for shape in SHAPES.values()],
       "control_all_gathers": control_all_gathers(mesh),
-      "cases": {
-          f"{o}-{d}": check(make(decomposition), mesh)
-          for o, make in OPTIMIZERS.items()
-          for d, decomposition in DECOMPOSITIONS.items()
-      },
+      "cases": {name: check(tx, mesh) for name, tx in CASES.items()},
   }
   json.dump(report, sys.stdout)
 
