@@ -109,7 +109,7 @@ def _as_bits(tree):
 def test_orbax_restores_the_state_bit_exactly_and_resumes(preset, decomposition, tmp_path):
   tx = PRESETS[preset](DECOMPOSITIONS[decomposition])
 
-  @jax.jit
+  # Op by op: ten cases share the compiled primitives; bit-exactness does not depend on jit.
   def train_step(params, opt_state):
     updates, opt_state = tx.update(jax.grad(_quadratic)(params), opt_state, params)
     return optax.apply_updates(params, updates), opt_state

@@ -309,7 +309,7 @@ def test_dtypes_are_kept_and_stable_under_lax_cond(optimizer, decomposition, var
     params, _, loss = mixed_tree(dtype)
 
     def step(params, state):
-      # A condition that the compiler cannot fold away.
+      # A traced condition, so that lax.cond keeps both branches.
       take = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
       updates, state = jax.lax.cond(
           take, lambda: tx.update(jax.grad(loss)(params), state, params),
