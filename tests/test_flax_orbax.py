@@ -117,6 +117,7 @@ def test_orbax_restores_the_state_bit_exactly_and_resumes(preset, decomposition,
   # Two dtypes in one tree: the checkpoint must keep both.
   params = {"kernel": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4),
             "bias": jnp.arange(4.0, dtype=jnp.bfloat16)}
+
   def advance(run, num_steps=3):
     params, opt_state = run["params"], run["opt_state"]
     for _ in range(num_steps):
