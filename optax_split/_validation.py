@@ -35,7 +35,11 @@ def check_range(
   array = concrete_value(value)
   if array is None:
     return
-  if array.dtype.kind not in "biuf":
+  if jnp.issubdtype(array.dtype, jnp.floating):
+    # Also bfloat16 and float8, which NumPy does not count as floats: what
+    # optax.inject_hyperparams makes of a hyperparameter for low-precision params.
+    array = array.astype(np.float64)
+  elif array.dtype.kind not in "biu":
     raise TypeError(f"`{name}` must be a real number, got {value!r}. {fix}")
   bad = np.zeros(array.shape, bool)
   if low is not None:
