@@ -273,9 +273,13 @@ def test_multi_steps_accumulates_without_changing_dtypes(optimizer, decompositio
     expected, _ = tx.update(mean_grads, tx.init(params), params)
   for updates in all_updates[:3]:
     chex.assert_trees_all_equal(updates, optax.tree.zeros_like(params))
-  # The fourth step applies the inner optimizer to the mean of the four gradients.
+  # The fourth step applies the inner optimizer to the mean of the four gradients. In
+  # bfloat16 the sums of the mean and of g + alpha * G round differently: the tolerance
+  # is relative to the update's scale, since small entries come from cancellation.
+  tolerance = 2e-2 if dtype == "bfloat16" else 1e-6
+  scale = float(optax.tree.max(jax.tree.map(jnp.abs, expected)))
   chex.assert_trees_all_close(
-      all_updates[3], expected, rtol=2e-2 if dtype == "bfloat16" else 1e-6, atol=1e-7
+      all_updates[3], expected, rtol=tolerance, atol=max(tolerance * scale, 1e-7)
   )
 
 
