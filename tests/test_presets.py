@@ -9,6 +9,7 @@ import pytest
 
 import optax_split as osp
 from optax_split import _presets
+from optax_split.experiments.tasks.adding import adding
 
 DECOMPOSITIONS = [
     osp.mean_component(), osp.trend_component(0.9), osp.norm_excess(1.0),
@@ -114,39 +115,17 @@ def test_weight_decay_needs_params(grads, params):
     tx.update(grads, tx.init(params))
 
 
-# --- A vanilla tanh RNN on the adding problem, with a recurrent matrix that makes
-# --- gradients explode (orthogonal x 1.5): the defaults must keep the step bounded.
-
-HIDDEN, LENGTH, BATCH, RHO = 16, 20, 32, 1.5
-
-
-def _rnn_params(key):
-  k1, k2, k3 = jax.random.split(key, 3)
-  orthogonal, _ = jnp.linalg.qr(jax.random.normal(k1, (HIDDEN, HIDDEN)))
-  return {"w_in": jax.random.normal(k2, (2, HIDDEN)) / np.sqrt(2), "w_rec": RHO * orthogonal,
-          "b": jnp.zeros(HIDDEN), "w_out": jax.random.normal(k3, (HIDDEN,)) / np.sqrt(HIDDEN)}
-
-
-def _adding_loss(params, key):
-  k1, k2 = jax.random.split(key)
-  values = jax.random.uniform(k1, (BATCH, LENGTH))
-  marked = jax.vmap(lambda k: jax.random.permutation(k, LENGTH)[:2])(jax.random.split(k2, BATCH))
-  marks = jax.nn.one_hot(marked, LENGTH).sum(1)
-  inputs = jnp.stack([values, marks], -1).swapaxes(0, 1)
-
-  def cell(h, x):
-    return jnp.tanh(x @ params["w_in"] + h @ params["w_rec"] + params["b"]), None
-
-  h, _ = jax.lax.scan(cell, jnp.zeros((BATCH, HIDDEN)), inputs)
-  return jnp.mean((h @ params["w_out"] - jnp.sum(values * marks, 1)) ** 2)
+# A vanilla tanh RNN on the adding problem, recurrent matrix orthogonal x 1.5, so that its
+# gradients explode: the defaults must keep the step bounded however large they grow.
+ADDING = adding(length=20, hidden=16, rho=1.5, batch_size=32, eval_size=8)
 
 
 def _train(tx, steps):
-  params = _rnn_params(jax.random.PRNGKey(0))
+  params = ADDING.init(jax.random.PRNGKey(0))
 
   def step(carry, key):
     params, state = carry
-    grads = jax.grad(_adding_loss)(params, key)
+    grads = jax.grad(ADDING.loss)(params, ADDING.sample(ADDING.data, key))
     updates, state = tx.update(grads, state, params)
     return (optax.apply_updates(params, updates), state), (optax.tree.norm(grads),
                                                             optax.tree.norm(updates))
