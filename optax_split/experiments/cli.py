@@ -1,0 +1,105 @@
+"""The command line: ``optax-split compare --task adding ...``."""
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import tqdm
+
+from optax_split.experiments import optimizers, plots, report, runner, tasks
+
+# Task options on the command line -> the task factory's keyword arguments.
+_TASK_OPTIONS = {
+    "length": int, "hidden": int, "rho": float, "batch_size": int, "eval_size": int,
+    "depth": int, "width": int, "classes": int, "data_dir": str, "max_train": int,
+    "p": int, "operation": str,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="optax-split",
+      description="Compare optimizers on small exploding-gradient problems.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  compare = sub.add_parser(
+      "compare", help="train every optimizer on a task and print a table",
+      description="Trains a small Flax model with each optimizer over a grid of effective "
+      "learning rates and seeds, prints a table and writes results.json, results.md and "
+      "PNG plots.")
+  compare.add_argument("--task", default="adding", choices=tasks.NAMES)
+  compare.add_argument(
+      "--optimizers", nargs="+", default=None, metavar="NAME",
+      help=f"default: {' '.join(optimizers.DEFAULT_NAMES)}; options after a colon, e.g. "
+      "split_sgd:alpha=3,decay=0.98 or sgd_clip:max_norm=0.1/1")
+  compare.add_argument("--seeds", type=int, default=4)
+  compare.add_argument("--steps", type=int, default=None, help="default: the task's")
+  compare.add_argument("--lrs", type=float, nargs="+", default=None, metavar="RATE",
+                       help="effective learning rates of the SGD-like optimizers")
+  compare.add_argument("--adaptive-lrs", type=float, nargs="+", default=None, metavar="RATE",
+                       help="learning rates of the Adam-like optimizers")
+  compare.add_argument("--out", type=Path, default=None, help="default: runs/TASK")
+  compare.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  task_options = compare.add_argument_group("task options (each task takes some)")
+  task_options.add_argument("--length", type=int, help="adding: sequence length")
+  task_options.add_argument("--hidden", type=int, help="adding: RNN units; grokking: MLP units")
+  task_options.add_argument("--rho", type=float, help="adding: recurrent init scale")
+  task_options.add_argument("--batch-size", type=int)
+  task_options.add_argument("--eval-size", type=int, help="adding: validation/test size")
+  task_options.add_argument("--depth", type=int, help="deep_mlp: hidden layers")
+  task_options.add_argument("--width", type=int, help="deep_mlp, cifar2: layer width")
+  task_options.add_argument("--classes", type=int, nargs=2,
+                            help="cifar2: the two CIFAR-10 classes (default 3 5: cat, dog)")
+  task_options.add_argument("--data-dir", type=str,
+                            help="cifar2: the cifar-10-batches-py folder (or $CIFAR10_DIR)")
+  task_options.add_argument("--max-train", type=int, help="cifar2: training images kept")
+  task_options.add_argument("--p", type=int, help="grokking: the modulus")
+  task_options.add_argument("--operation", choices=("add", "mul"), help="grokking")
+  return parser
+
+
+def _make_task(args: argparse.Namespace) -> tasks.Task:
+  options = {k: getattr(args, k) for k in _TASK_OPTIONS if getattr(args, k) is not None}
+  if "classes" in options:
+    options["classes"] = tuple(options["classes"])
+  try:
+    return tasks.make(args.task, **options)
+  except TypeError as error:  # An option the task does not take.
+    raise SystemExit(
+        f"optax-split: --task {args.task} does not take that option: {error}"
+    ) from None
+
+
+def compare(args: argparse.Namespace, command: str) -> str:
+  """Runs the comparison; writes the files; returns the printed table."""
+  try:
+    task = _make_task(args)
+    specs = [optimizers.get(n) for n in (args.optimizers or optimizers.DEFAULT_NAMES)]
+  except (ValueError, FileNotFoundError) as error:
+    raise SystemExit(f"optax-split: {error}") from None
+  steps = args.steps or task.steps
+  rates = tuple(args.lrs or task.rates)
+  adaptive_rates = tuple(args.adaptive_lrs or task.adaptive_rates)
+  out = args.out or Path("runs") / task.name
+  summaries = []
+  bar = tqdm.tqdm(specs, desc=task.name, unit="optimizer", disable=args.no_progress,
+                  file=sys.stderr)
+  for spec in bar:
+    bar.set_postfix_str(spec.name)
+    runs = runner.train(task, spec, adaptive_rates if spec.adaptive else rates,
+                        args.seeds, steps)
+    summaries.append(report.summarize(task, runs))
+  settings = {"steps": steps, "seeds": args.seeds, "rates": list(rates),
+              "adaptive_rates": list(adaptive_rates)}
+  table = report.write(out, task, summaries, settings, command)
+  plots.write(out, task.name, summaries)
+  return table + f"\n\nWrote {out}/results.json, results.md, loss.png, grad_norm.png, " \
+                 "global_share.png"
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Entry point of ``optax-split`` and ``python -m optax_split.experiments``."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = _parser().parse_args(argv)
+  command = "optax-split " + shlex.join(argv)
+  print(compare(args, command))

@@ -1,0 +1,63 @@
+"""PNG plots of the best grid point of each optimizer (matplotlib, Agg backend)."""
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: no display needed.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+_DPI = 72
+_SIZE = (6.4, 4.0)
+
+
+def _curve_figure(summaries: list[dict], key: str, ylabel: str, title: str, *, log: bool,
+                  band: bool) -> plt.Figure:
+  """Median over seeds per optimizer; with ``band``, the seeds' min-max band too."""
+  fig, ax = plt.subplots(figsize=_SIZE)
+  for s in summaries:
+    curve = np.asarray(s["curves"][key], float)  # (seeds, points), None -> NaN
+    if not np.isfinite(curve).any():
+      continue
+    step = np.asarray(s["curves"]["step"])
+    with warnings.catch_warnings():  # All-NaN columns (diverged seeds) are expected.
+      warnings.simplefilter("ignore", RuntimeWarning)
+      (line,) = ax.plot(step, np.nanmedian(curve, axis=0), lw=1.2,
+                        label=f"{s['optimizer']} @ {s['best']['rate']:g}")
+      if band:
+        ax.fill_between(step, np.nanmin(curve, axis=0), np.nanmax(curve, axis=0),
+                        color=line.get_color(), alpha=0.15, lw=0)
+  if log:
+    ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  if ax.lines:
+    ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  return fig
+
+
+def write(out: Path, task_name: str, summaries: list[dict]) -> list[Path]:
+  """Writes ``loss.png``, ``grad_norm.png`` and ``global_share.png``; returns their paths."""
+  figures = {
+      "loss.png": _curve_figure(
+          summaries, "loss", "train loss", f"{task_name}: train loss (median, seed band)",
+          log=True, band=True),
+      "grad_norm.png": _curve_figure(
+          summaries, "grad_norm", "global gradient norm",
+          f"{task_name}: global norm of the raw gradient (median)", log=True, band=False),
+      "global_share.png": _curve_figure(
+          summaries, "global_share", "||G||^2 / ||g||^2",
+          f"{task_name}: global share of the split (median)", log=False, band=False),
+  }
+  paths = []
+  for name, fig in figures.items():
+    path = out / name
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    paths.append(path)
+  return paths

@@ -1,0 +1,43 @@
+"""The ``optax-split compare`` command end to end, at tiny sizes."""
+
+import json
+
+import pytest
+
+from optax_split.experiments import cli
+
+TINY = ["compare", "--task", "adding", "--length", "4", "--hidden", "3", "--batch-size", "4",
+        "--eval-size", "8", "--steps", "20", "--seeds", "2", "--lrs", "0.01", "1000",
+        "--adaptive-lrs", "0.01", "--no-progress"]
+
+
+def test_compare_writes_table_json_markdown_and_plots(tmp_path, capsys):
+  argv = [*TINY, "--optimizers", "sgd", "split_sgd", "--out", str(tmp_path)]
+  cli.main(argv)
+  printed = capsys.readouterr().out
+  assert "split_sgd" in printed and "diverged runs (grid)" in printed
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["command"] == "optax-split " + " ".join(argv)
+  sgd, split_sgd = results["optimizers"]
+  assert sgd["best"]["rate"] == 0.01 and sgd["diverged_runs"] == 2  # Rate 1000 blows up.
+  assert split_sgd["best"]["rate"] == 0.01 and split_sgd["diverged_seeds_at_best"] == 0
+  assert len(sgd["curves"]["loss"]) == 2  # One curve per seed.
+  assert "| sgd | 0.01 |" in (tmp_path / "results.md").read_text()
+  for name in ("loss.png", "grad_norm.png", "global_share.png"):
+    assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+  # The same command gives the same numbers.
+  cli.main([*argv[:-1], str(tmp_path / "again")])
+  again = json.loads((tmp_path / "again" / "results.json").read_text())
+  assert again["optimizers"] == results["optimizers"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--optimizers", "sgd_nesterov"], "Unknown optimizer 'sgd_nesterov'. Choose from sgd"),
+    (["--optimizers", "sgd_clip:threshold=1"], "sgd_clip has no option 'threshold'"),
+    (["--optimizers", "split_sgd:beta=2"], "Unknown option.*use alpha"),
+    (["--task", "cifar2", "--data-dir", "/nonexistent"], "cifar-10-python.tar.gz"),
+    (["--rho", "1.5", "--task", "deep_mlp"], "deep_mlp does not take that option"),
+])
+def test_bad_input_exits_with_a_message(argv, message, capsys):
+  with pytest.raises(SystemExit, match=message):
+    cli.main(["compare", *argv])

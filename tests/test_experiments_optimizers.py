@@ -1,0 +1,63 @@
+"""The optimizer registry: every name builds, rates are effective, options parse."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import optax_split as osp
+from optax_split.experiments import optimizers
+
+PARAMS = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.array([0.1, -0.1])}
+GRADS = {"w": jnp.array([[0.3, -0.2], [0.1, 0.4]]), "b": jnp.array([0.2, 0.0])}
+
+
+def _first_step(tx, grads=GRADS):
+  updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
+  return updates
+
+
+@pytest.mark.parametrize("name", optimizers.NAMES)
+def test_every_optimizer_builds_from_a_traced_rate(name):
+  spec = optimizers.get(name)
+  grid = {k: v[0] for k, v in spec.grid.items()}
+  step = jax.jit(lambda rate: _first_step(spec.build(rate, 0.0, **grid)))
+  chex.assert_trees_all_equal_shapes_and_dtypes(step(jnp.float32(0.01)), PARAMS)
+
+
+def test_presets_take_the_same_effective_step_as_sgd():
+  # alpha = 0 and no guard: split_sgd at effective rate r is SGD at rate r.
+  split = optimizers.get("split_sgd:alpha=0,guard=none").build(0.03, 0.0)
+  chex.assert_trees_all_close(_first_step(split), _first_step(optax.sgd(0.03)), rtol=1e-6)
+  adam = optimizers.get("split_adam:alpha=0,guard=none").build(0.003, 0.0)
+  chex.assert_trees_all_close(_first_step(adam), _first_step(optax.adam(0.003)), rtol=1e-6)
+
+
+def test_preset_options_reach_the_preset():
+  spec = optimizers.get("split_sgd:alpha=2,decay=0.5,cap=none,z=3")
+  got = _first_step(spec.build(0.01, 0.0))
+  tx = osp.split_sgd(1.0, 2.0, decomposition=osp.trend_component(0.5),
+                     guard=osp.spike_excess(z=3.0, max_norm=None))
+  chex.assert_trees_all_close(got, _first_step(tx))
+  mean = optimizers.get("split_sgd:decomposition=mean,guard=none").build(0.01, 0.0)
+  want = osp.split_sgd(1.0, decomposition=osp.mean_component(), guard=None)
+  chex.assert_trees_all_close(_first_step(mean), _first_step(want))
+
+
+def test_weight_decay_is_decoupled_and_scaled_by_the_rate():
+  spec = optimizers.get("sgd")
+  zero = jax.tree.map(jnp.zeros_like, GRADS)
+  got = _first_step(spec.build(0.1, 0.5), zero)
+  chex.assert_trees_all_close(got, jax.tree.map(lambda p: -0.1 * 0.5 * p, PARAMS))
+
+
+@pytest.mark.parametrize("name, message", [
+    ("lion", "Unknown optimizer 'lion'"),
+    ("sgd:max_norm=1", "sgd has no option 'max_norm'"),
+    ("sgd_clip:max_norm", "Bad option 'max_norm'.*key=value"),
+    ("split_adam:decomposition=spike", "Unknown decomposition='spike'"),
+])
+def test_bad_names_say_what_is_accepted(name, message):
+  with pytest.raises(ValueError, match=message):
+    optimizers.get(name)
