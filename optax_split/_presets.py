@@ -16,9 +16,12 @@ from optax_split._split import combine, scale_global, split
 
 # The presets' defaults; README.md ("Choosing the defaults") shows the
 # benchmark evidence behind them.
-DEFAULT_ALPHA = 1.0
-DEFAULT_DECOMPOSITION = trend_component(decay=0.9)
-DEFAULT_GUARD = spike_excess(max_norm=1.0)
+DEFAULT_ALPHA = 7.0
+# Adam rescales the reweighted gradient, so a strong trend acts as extra, slow
+# momentum and overshoots: split_adam wants a milder alpha.
+DEFAULT_ADAM_ALPHA = 1.0
+DEFAULT_DECOMPOSITION = trend_component(decay=0.95)
+DEFAULT_GUARD = spike_excess(max_norm=0.1)
 
 
 def _check_alpha(alpha: Any) -> None:
@@ -150,7 +153,7 @@ def split_sgd(
 
   ``eta_local = local_fraction * learning_rate`` (see :func:`split_rates`).
   First the ``guard`` drops the part of the gradient over its threshold (by
-  default an adaptive z-score threshold with an absolute cap of 1), so the step
+  default an adaptive z-score threshold with an absolute cap of 0.1), so the step
   stays bounded however large the gradient grows; then the ``decomposition``
   splits what is left and its global part is weighted by ``1 + alpha``. With
   ``alpha = 0`` and ``guard=None`` this is ``optax.sgd(eta_local, momentum,
@@ -196,7 +199,7 @@ def split_sgd(
 
 def split_adam(
     learning_rate: optax.ScalarOrSchedule,
-    alpha: optax.ScalarOrSchedule = DEFAULT_ALPHA,
+    alpha: optax.ScalarOrSchedule = DEFAULT_ADAM_ALPHA,
     *,
     decomposition: Decomposition = DEFAULT_DECOMPOSITION,
     guard: Decomposition | None = DEFAULT_GUARD,

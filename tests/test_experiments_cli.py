@@ -12,15 +12,16 @@ TINY = ["compare", "--task", "adding", "--length", "4", "--hidden", "3", "--batc
 
 
 def test_compare_writes_table_json_markdown_and_plots(tmp_path, capsys):
-  argv = [*TINY, "--optimizers", "sgd", "split_sgd", "--out", str(tmp_path)]
+  # One cheap optimizer: compiling the programs is what costs time here.
+  argv = [*TINY, "--optimizers", "sgd", "--out", str(tmp_path)]
   cli.main(argv)
   printed = capsys.readouterr().out
-  assert "split_sgd" in printed and "diverged runs (grid)" in printed
+  assert "diverged runs (grid)" in printed and "results.json" in printed
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["command"] == "optax-split " + " ".join(argv)
-  sgd, split_sgd = results["optimizers"]
+  (sgd,) = results["optimizers"]
   assert sgd["best"]["rate"] == 0.01 and sgd["diverged_runs"] == 2  # Rate 1000 blows up.
-  assert split_sgd["best"]["rate"] == 0.01 and split_sgd["diverged_seeds_at_best"] == 0
+  assert sgd["diverged_seeds_at_best"] == 0 and sgd["final_train_loss"] > 0
   assert len(sgd["curves"]["loss"]) == 2  # One curve per seed.
   assert "| sgd | 0.01 |" in (tmp_path / "results.md").read_text()
   for name in ("loss.png", "grad_norm.png", "global_share.png"):

@@ -10,8 +10,8 @@ from optax_split.experiments import optimizers, runner, tasks
 from optax_split.experiments.tasks import cifar2
 from optax_split.experiments.tasks.adding import make_sequences
 
+# adding trains in test_experiments_runner.py; cifar2 below, from a generated folder.
 TINY = {
-    "adding": {"length": 6, "hidden": 4, "batch_size": 4, "eval_size": 8},
     "deep_mlp": {"depth": 3, "width": 8, "batch_size": 8},
     "grokking": {"p": 7, "hidden": 8, "batch_size": 8},
 }

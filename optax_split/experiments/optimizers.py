@@ -7,10 +7,11 @@ optimizers sweep the task's ``rates``; Adam-like ones sweep ``adaptive_rates``
 (their effective rate is their learning rate, and it lives on another scale).
 
 A name may carry options after a colon, e.g. ``split_sgd:alpha=3,decay=0.98``
-or ``sgd_clip:max_norm=1``: an option that names a grid hyperparameter fixes
-it; the presets also take ``alpha``, ``decomposition`` (``trend`` or
-``mean``), ``decay`` (of the trend), ``z`` and ``cap`` (the guard's z-score and
-absolute cap; ``cap=none`` keeps no cap) and ``guard=none``.
+or ``sgd_clip:max_norm=1``. An option that names a grid hyperparameter fixes
+it or sets its grid (``sgd_clip:max_norm=0.1/1``); the presets take ``alpha``
+(a grid too: ``alpha=1/3``), ``decomposition`` (``trend`` or ``mean``),
+``decay`` (of the trend), ``z`` and ``cap`` (the guard's z-score and absolute
+cap; ``cap=none`` keeps no cap) and ``guard=none``.
 """
 
 import dataclasses
@@ -85,7 +86,7 @@ def _preset_kwargs(options: dict[str, str]) -> dict:
   """The presets' keyword arguments from ``name:key=value`` options."""
   options = dict(options)
   kwargs = {}
-  if "alpha" in options:
+  if "alpha" in options and "/" not in options["alpha"]:
     kwargs["alpha"] = float(options.pop("alpha"))
   kind = options.pop("decomposition", None)
   decay = options.pop("decay", None)
@@ -115,22 +116,13 @@ def _preset_kwargs(options: dict[str, str]) -> dict:
   return kwargs
 
 
-def _split_sgd(options):
+def _preset(factory, options):
+  """``build(rate, weight_decay, [alpha])`` of a preset; ``alpha`` is given when swept."""
   kwargs = _preset_kwargs(options)
 
-  def build(rate, weight_decay):
-    return osp.split_sgd(rate / LOCAL_FRACTION, local_fraction=LOCAL_FRACTION,
-                         weight_decay=weight_decay, **kwargs)
-
-  return build
-
-
-def _split_adam(options):
-  kwargs = _preset_kwargs(options)
-
-  def build(rate, weight_decay):
-    return osp.split_adam(rate / LOCAL_FRACTION, local_fraction=LOCAL_FRACTION,
-                          weight_decay=weight_decay, **kwargs)
+  def build(rate, weight_decay, **alpha):
+    return factory(rate / LOCAL_FRACTION, local_fraction=LOCAL_FRACTION,
+                   weight_decay=weight_decay, **kwargs, **alpha)
 
   return build
 
@@ -139,9 +131,9 @@ def _split_adam(options):
 # the options first.
 _BASELINES = {
     "sgd": (_sgd, False, {}, "optax.sgd"),
-    "sgd_clip": (_sgd_clip, False, {"max_norm": (0.1, 1.0)},
+    "sgd_clip": (_sgd_clip, False, {"max_norm": (0.1, 1.0, 10.0)},
                  "optax.clip_by_global_norm + optax.sgd"),
-    "sgd_agc": (_sgd_agc, False, {"clipping": (0.01, 0.1)},
+    "sgd_agc": (_sgd_agc, False, {"clipping": (0.003, 0.01, 0.1)},
                 "optax.adaptive_grad_clip + optax.sgd"),
     "adam": (_adam, True, {}, "optax.adamw (weight decay only where the task sets one)"),
     "adam_clip": (_adam_clip, True, {"max_norm": (1.0,)},
@@ -149,8 +141,8 @@ _BASELINES = {
     "rmsprop": (_rmsprop, True, {}, "optax.scale_by_rms (optax.rmsprop)"),
 }
 _PRESETS = {
-    "split_sgd": (_split_sgd, False, "optax_split.split_sgd, learning_rate = rate / 0.01"),
-    "split_adam": (_split_adam, True, "optax_split.split_adam, learning_rate = rate / 0.01"),
+    "split_sgd": (osp.split_sgd, False, "optax_split.split_sgd, learning_rate = rate / 0.01"),
+    "split_adam": (osp.split_adam, True, "optax_split.split_adam, learning_rate = rate / 0.01"),
 }
 NAMES = (*_BASELINES, *_PRESETS)
 DEFAULT_NAMES = NAMES
@@ -166,6 +158,10 @@ def _parse_options(text: str, name: str) -> dict[str, str]:
       )
     options[key.strip()] = value.strip()
   return options
+
+
+def _values(text: str) -> tuple[float, ...]:
+  return tuple(float(v) for v in text.split("/"))
 
 
 def get(name: str) -> OptimizerSpec:
@@ -188,9 +184,11 @@ def get(name: str) -> OptimizerSpec:
         raise ValueError(
             f"{base} has no option {key!r}; it takes {sorted(grid) or 'none'}."
         )
-      grid[key] = tuple(float(v) for v in value.split("/"))
+      grid[key] = _values(value)
     return OptimizerSpec(name, build, adaptive, grid, description)
   if base in _PRESETS:
     factory, adaptive, description = _PRESETS[base]
-    return OptimizerSpec(name, factory(options), adaptive, {}, description)
+    # Several alphas (alpha=1/3) are swept in the one program, like the rates.
+    grid = {"alpha": _values(options.pop("alpha"))} if "/" in options.get("alpha", "") else {}
+    return OptimizerSpec(name, _preset(factory, options), adaptive, grid, description)
   raise ValueError(f"Unknown optimizer {base!r}. Choose from {', '.join(NAMES)}.")

@@ -9,8 +9,8 @@ matplotlib.use("Agg")  # Files only: no display needed.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-_DPI = 72
-_SIZE = (6.4, 4.0)
+_DPI = 60
+_SIZE = (6.0, 3.8)
 
 
 def _curve_figure(summaries: list[dict], key: str, ylabel: str, title: str, *, log: bool,

@@ -122,9 +122,9 @@ def summarize(task: Task, runs: Runs) -> dict:
 
 
 def _json_number(x) -> float | None:
-  """A float for JSON; None for NaN and infinities (JSON has neither)."""
+  """A float for JSON, to 6 significant digits; None for NaN and infinities."""
   x = float(x)
-  return x if math.isfinite(x) else None
+  return float(f"{x:.6g}") if math.isfinite(x) else None
 
 
 def _json_array(x: np.ndarray) -> list:

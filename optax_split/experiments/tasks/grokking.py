@@ -45,8 +45,8 @@ def pairs_and_labels(p: int, operation: str) -> tuple[np.ndarray, np.ndarray]:
   return x, (ops[operation](x[:, 0], x[:, 1]) % p).astype(np.int32)
 
 
-def grokking(p: int = 97, operation: str = "mul", hidden: int = 256,
-             batch_size: int = 512) -> Task:
+def grokking(p: int = 97, operation: str = "mul", hidden: int = 128,
+             batch_size: int = 256) -> Task:
   """Modular ``operation`` mod ``p``: 50% train, 25% validation, 25% test.
 
   Example:
@@ -81,7 +81,7 @@ def grokking(p: int = 97, operation: str = "mul", hidden: int = 256,
       divergence_bound=10 * float(np.log(p)),
       rates=(0.01, 0.1),
       adaptive_rates=(0.001,),
-      steps=3000,
+      steps=4000,
       eval_every=50,
       weight_decay=1.0,
       target=0.95,
