@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import DTYPES, dtype_context, model_tree
 
 import optax_split as osp
+from conftest import DTYPES, dtype_context, model_tree
 
 DECOMPOSITIONS = {
     "mean": osp.mean_component(),

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from conftest import DTYPES, dtype_context, model_tree
 
 import optax_split as osp
+from conftest import DTYPES, dtype_context, model_tree
 
 
 def _run(tx, grads, params, steps=1):
