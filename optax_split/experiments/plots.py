@@ -1,22 +1,25 @@
-"""PNG plots of the best grid point of each optimizer (matplotlib, Agg backend)."""
+"""PNG plots of the best grid point of each optimizer.
+
+Figures are made with ``matplotlib.figure.Figure`` rather than pyplot: saving
+them needs no display and no global backend choice, so importing this module
+leaves inline plotting in a notebook alone.
+"""
 
 import warnings
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # Files only: no display needed.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 _DPI = 60
 _SIZE = (6.0, 3.8)
 
 
 def _curve_figure(summaries: list[dict], key: str, ylabel: str, title: str, *, log: bool,
-                  band: bool) -> plt.Figure:
+                  band: bool) -> Figure:
   """Median over seeds per optimizer; with ``band``, the seeds' min-max band too."""
-  fig, ax = plt.subplots(figsize=_SIZE)
+  fig = Figure(figsize=_SIZE)
+  ax = fig.add_subplot()
   for s in summaries:
     curve = np.asarray(s["curves"][key], float)  # (seeds, points), None -> NaN
     if not np.isfinite(curve).any():
@@ -58,6 +61,5 @@ def write(out: Path, task_name: str, summaries: list[dict]) -> list[Path]:
   for name, fig in figures.items():
     path = out / name
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
     paths.append(path)
   return paths
