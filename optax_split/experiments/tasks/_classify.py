@@ -1,5 +1,8 @@
 """Shared pieces of the classification tasks: splits, batches, loss, accuracy."""
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +22,12 @@ def split_indices(n: int, fractions: tuple[float, float], seed: int = 0) -> tupl
   return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
 
 
+def splits(x: np.ndarray, y: np.ndarray, indices: tuple[np.ndarray, ...]) -> dict:
+  """``{"train": (x, y), "val": ..., "test": ...}`` as JAX arrays, from index arrays."""
+  return {name: (jnp.asarray(x[i]), jnp.asarray(y[i]))
+          for name, i in zip(("train", "val", "test"), indices, strict=True)}
+
+
 def sample(data: dict, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
   """A training batch drawn uniformly (with replacement) from ``data["train"]``."""
   x, y = data["train"]
@@ -32,3 +41,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def loss_and_evaluate(model: Any) -> tuple[Callable, Callable]:
+  """A Flax classifier's training loss and its (validation, test) accuracy."""
+
+  def loss(params, batch):
+    return cross_entropy(model.apply(params, batch[0]), batch[1])
+
+  def evaluate(params, data):
+    return tuple(accuracy(model.apply(params, data[s][0]), data[s][1]) for s in ("val", "test"))
+
+  return loss, evaluate

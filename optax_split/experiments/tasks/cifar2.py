@@ -100,13 +100,7 @@ def cifar2(
           "test": (test_images[:eval_size], test_labels[:eval_size])}
   data = jax.tree.map(jnp.asarray, data)
   model = SmallCNN(width=width)
-
-  def loss(params, batch):
-    return _classify.cross_entropy(model.apply(params, batch[0]), batch[1])
-
-  def evaluate(params, data):
-    return tuple(_classify.accuracy(model.apply(params, data[s][0]), data[s][1])
-                 for s in ("val", "test"))
+  loss, evaluate = _classify.loss_and_evaluate(model)
 
   return Task(
       name="cifar2",

@@ -6,7 +6,6 @@ on average, but its spread grows with depth, and large steps blow it up.
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from optax_split.experiments.tasks import _classify
@@ -49,15 +48,8 @@ def deep_mlp(depth: int = 16, width: int = 64, batch_size: int = 64) -> Task:
   x, y = load_digits()
   model = DeepMLP(depth=depth, width=width, classes=10)
   train, val, test = _classify.split_indices(len(y), (0.6, 0.2))
-  data = {name: (jnp.asarray(x[i]), jnp.asarray(y[i]))
-          for name, i in (("train", train), ("val", val), ("test", test))}
-
-  def loss(params, batch):
-    return _classify.cross_entropy(model.apply(params, batch[0]), batch[1])
-
-  def evaluate(params, data):
-    return tuple(_classify.accuracy(model.apply(params, data[s][0]), data[s][1])
-                 for s in ("val", "test"))
+  data = _classify.splits(x, y, (train, val, test))
+  loss, evaluate = _classify.loss_and_evaluate(model)
 
   return Task(
       name="deep_mlp",

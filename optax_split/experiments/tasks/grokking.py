@@ -9,7 +9,6 @@ a CPU; the weight decay is AdamW's usual ingredient for grokking.
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from optax_split.experiments.tasks import _classify
@@ -59,15 +58,8 @@ def grokking(p: int = 97, operation: str = "mul", hidden: int = 128,
   x, y = pairs_and_labels(p, operation)
   model = PairMLP(p=p, embed=128, hidden=hidden)
   train, val, test = _classify.split_indices(len(y), (0.5, 0.25))
-  data = {name: (jnp.asarray(x[i]), jnp.asarray(y[i]))
-          for name, i in (("train", train), ("val", val), ("test", test))}
-
-  def loss(params, batch):
-    return _classify.cross_entropy(model.apply(params, batch[0]), batch[1])
-
-  def evaluate(params, data):
-    return tuple(_classify.accuracy(model.apply(params, data[s][0]), data[s][1])
-                 for s in ("val", "test"))
+  data = _classify.splits(x, y, (train, val, test))
+  loss, evaluate = _classify.loss_and_evaluate(model)
 
   return Task(
       name="grokking",
