@@ -6,7 +6,19 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import optax_split as osp
+
 DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+# Every built-in decomposition at its defaults, for the integration tests.
+BUILT_IN_DECOMPOSITIONS = {
+    "mean_component": osp.mean_component(),
+    "trend_component": osp.trend_component(),
+    "norm_excess": osp.norm_excess(max_norm=1.0),
+    "spike_excess": osp.spike_excess(),
+    "unit_excess": osp.unit_excess(),
+}
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from flax import nnx
 from flax.training import train_state
 
 import optax_split as osp
+from conftest import BUILT_IN_DECOMPOSITIONS
 
 # Effective (local) step 0.1 for SGD and 0.03 for Adam: 0.01 * learning_rate. The default
 # split_sgd amplifies the gradient's trend (alpha 7), which already acts like momentum.
@@ -87,13 +88,7 @@ PRESETS = {  # momentum, so that split_sgd's state holds a params-shaped trace t
     "split_sgd": lambda d: osp.split_sgd(10.0, momentum=0.9, decomposition=d),
     "split_adam": lambda d: osp.split_adam(1.0, decomposition=d),
 }
-DECOMPOSITIONS = {
-    "mean_component": osp.mean_component(),
-    "trend_component": osp.trend_component(),
-    "norm_excess": osp.norm_excess(max_norm=1.0),
-    "spike_excess": osp.spike_excess(),
-    "unit_excess": osp.unit_excess(),
-}
+DECOMPOSITIONS = BUILT_IN_DECOMPOSITIONS
 
 
 def _quadratic(params):

@@ -23,6 +23,7 @@ import optax
 import pytest
 
 import optax_split as osp
+from conftest import BUILT_IN_DECOMPOSITIONS
 
 # Equal *effective* rates: the presets' local step is 0.01 * learning_rate.
 # split_sgd(0.1, momentum=0.9) steps like optax's sgd entry, sgd(1e-3, momentum=0.9);
@@ -61,13 +62,7 @@ FACTORIES = {
     "bare_chain": (bare_split, {"learning_rate": SGD_RATE}),
 }
 
-DECOMPOSITIONS = {
-    "mean_component": osp.mean_component(),
-    "trend_component": osp.trend_component(),
-    "norm_excess": osp.norm_excess(max_norm=1.0),
-    "spike_excess": osp.spike_excess(),
-    "unit_excess": osp.unit_excess(),
-}
+DECOMPOSITIONS = BUILT_IN_DECOMPOSITIONS
 
 CASES = [(o, d) for o in FACTORIES for d in DECOMPOSITIONS]
 cases = pytest.mark.parametrize(
