@@ -6,7 +6,18 @@ Composable Optax transformations against exploding gradients and loss spikes:
 :func:`split_adam`.
 """
 
-from optax_split._decompositions import (
+from optax_split._presets import split_adam, split_rates, split_sgd
+from optax_split._split import (
+    SplitState,
+    SplitUpdates,
+    combine,
+    on_global,
+    on_local,
+    scale_global,
+    scale_local,
+    split,
+)
+from optax_split.decompositions import (
     Decomposition,
     MeanComponent,
     NormExcess,
@@ -20,17 +31,6 @@ from optax_split._decompositions import (
     spike_excess,
     trend_component,
     unit_excess,
-)
-from optax_split._presets import split_adam, split_rates, split_sgd
-from optax_split._split import (
-    SplitState,
-    SplitUpdates,
-    combine,
-    on_global,
-    on_local,
-    scale_global,
-    scale_local,
-    split,
 )
 
 __version__ = "0.1.0"

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import optax
 
 from optax_split import _validation
-from optax_split._decompositions import (
-    Decomposition,
-    spike_excess,
-    trend_component,
-)
 from optax_split._split import combine, scale_global, split
+from optax_split.decompositions import (
+  Decomposition,
+  spike_excess,
+  trend_component,
+)
 
 # The presets' defaults; README.md ("Choosing the defaults") shows the
 # benchmark evidence behind them.

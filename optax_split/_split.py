@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_split import _validation
-from optax_split._decompositions import Decomposition
+from optax_split.decompositions import Decomposition
 
 
 class SplitUpdates(NamedTuple):

@@ -1,0 +1,96 @@
+"""``unit_excess``: the part of each unit's update over a budget set by its weight norm (AGC)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_split import _numerics, _validation
+from optax_split.decompositions import base
+
+
+def _unit_axes(x: jax.Array) -> tuple[int, ...]:
+  """Axes that make one unit, as in ``optax.adaptive_grad_clip``."""
+  if x.ndim <= 1:
+    return tuple(range(x.ndim))
+  if x.ndim <= 3:
+    return (0,)
+  if x.ndim <= 5:
+    return tuple(range(x.ndim - 1))
+  raise ValueError(
+      f"unit_excess does not know the units of a leaf of shape {x.shape}. Reshape "
+      "it, or leave it out with optax.masked(...)."
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitExcess(base.Decomposition):
+  """See :func:`unit_excess`."""
+
+  clipping: float = 0.01
+  eps: float = 1e-3
+
+  def init(self, params):
+    del params
+    return optax.EmptyState()
+
+  def _leaf(self, g: jax.Array, p: jax.Array) -> tuple[jax.Array, ...]:
+    axes = _unit_axes(g)
+    g_sq = _numerics.squared_norm(g, axis=axes, keepdims=True)
+    p_norm = jnp.sqrt(_numerics.squared_norm(p, axis=axes, keepdims=True))
+    budget = self.clipping * jnp.maximum(p_norm, self.eps)
+    kept = _numerics.kept_fraction(jnp.sqrt(g_sq), budget)
+    local = (kept * g).astype(g.dtype)
+    global_ = ((1 - kept) * g).astype(g.dtype)
+    # Both sums in one reduction: XLA would rewrite a lone sum of ``g_sq`` into a
+    # second full pass over the squares of ``g``.
+    sums = jnp.stack([jnp.square(1 - kept) * g_sq, g_sq]).reshape(2, -1).sum(axis=1)
+    global_sq, total_sq = sums[0], sums[1]
+    return local, global_, global_sq, total_sq
+
+  def decompose(self, updates, state, params):
+    if params is None:
+      raise ValueError(
+          "unit_excess needs the params, to set each unit's budget from its weight "
+          "norm. Pass them: tx.update(grads, state, params)."
+      )
+    local, global_, global_sq, total_sq = base.map_unzip(self._leaf, 4, updates, params)
+    share = base.share(sum(jax.tree.leaves(global_sq), 0.0), sum(jax.tree.leaves(total_sq), 0.0))
+    return local, global_, state, share
+
+
+def unit_excess(clipping: float = 0.01, eps: float = 1e-3) -> UnitExcess:
+  """The part of each unit's update over a budget set by its weight norm.
+
+  For each unit (the rows of a ``(in, out)`` kernel's output column, a conv
+  filter, a whole bias), ``G = (1 - c) * g`` with
+  ``c = min(1, clipping * max(||W||, eps) / ||g||)``. With ``alpha = -1`` the
+  split step equals ``optax.adaptive_grad_clip(clipping, eps)`` (AGC). Needs
+  ``params`` in ``update``.
+
+  Args:
+    clipping: Largest allowed ratio of a unit's update norm to its weight norm.
+    eps: Floor on the weight norm, so zero-initialised units can move.
+
+  Returns:
+    A :class:`Decomposition` for :func:`optax_split.split`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_split
+    >>> tx = optax_split.split(optax_split.unit_excess(clipping=0.1))
+    >>> params, grads = jnp.array([3.0, 4.0]), jnp.array([1.0, 0.0])
+    >>> parts, _ = tx.update(grads, tx.init(params), params)
+    >>> print(parts.local)
+    [0.5 0. ]
+
+  References:
+    Brock et al., `High-Performance Large-Scale Image Recognition Without
+    Normalization <https://arxiv.org/abs/2102.06171>`_, 2021.
+  """
+  _validation.check_range(
+      "clipping", clipping, low=0.0, low_inclusive=False, fix="E.g. unit_excess(clipping=0.01)."
+  )
+  _validation.check_range("eps", eps, low=0.0, fix="E.g. unit_excess(eps=1e-3).")
+  return UnitExcess(clipping, eps)
