@@ -21,7 +21,9 @@ DEFAULT_ALPHA = 7.0
 # momentum and overshoots: split_adam wants a milder alpha.
 DEFAULT_ADAM_ALPHA = 1.0
 DEFAULT_DECOMPOSITION = trend_component(decay=0.95)
-DEFAULT_GUARD = spike_excess(max_norm=0.1)
+# No absolute gradient-norm number: the guard's cap is a multiple of the run's
+# own warm-up norms.
+DEFAULT_GUARD = spike_excess()
 
 
 def _check_alpha(alpha: Any) -> None:
@@ -93,7 +95,7 @@ def _drop_global(guard: Decomposition | None) -> optax.GradientTransformation:
   if guard is None:
     return optax.identity()
   if not isinstance(guard, Decomposition):
-    raise TypeError(f"`guard` must be a decomposition such as spike_excess(max_norm=1.0) "
+    raise TypeError(f"`guard` must be a decomposition such as spike_excess() "
                     f"or None, got {guard!r}.")
 
   def update_fn(updates, state, params=None):
@@ -158,8 +160,9 @@ def split_sgd(
 
   ``eta_local = local_fraction * learning_rate`` (see :func:`split_rates`).
   First the ``guard`` drops the part of the gradient over its threshold (by
-  default an adaptive z-score threshold with an absolute cap of 0.1), so the step
-  stays bounded however large the gradient grows; then the ``decomposition``
+  default an adaptive z-score threshold, capped at 10 times the mean gradient
+  norm of the first 25 steps), so the step stays bounded however large the
+  gradient grows; then the ``decomposition``
   splits what is left and its global part is weighted by ``1 + alpha``. With
   ``alpha = 0`` and ``guard=None`` this is ``optax.sgd(eta_local, momentum,
   nesterov)``.

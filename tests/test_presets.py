@@ -127,23 +127,32 @@ def _train(tx, steps):
     params, state = carry
     grads = jax.grad(ADDING.loss)(params, ADDING.sample(ADDING.data, key))
     updates, state = tx.update(grads, state, params)
+    threshold = optax.tree.get(state, "threshold", jnp.nan)
     return (optax.apply_updates(params, updates), state), (optax.tree.norm(grads),
-                                                            optax.tree.norm(updates))
+                                                            optax.tree.norm(updates), threshold)
 
   keys = jax.random.split(jax.random.PRNGKey(1), steps)
-  (params, _), norms = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), keys))(params)
-  return params, norms
+  (params, state), logs = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), keys))(params)
+  return params, state, logs
 
 
 def test_default_presets_bound_the_step_where_sgd_explodes():
   effective_rate, steps = 1.0, 60
-  _, (sgd_grad_norms, _) = _train(optax.sgd(effective_rate), steps)
+  _, _, (sgd_grad_norms, _, _) = _train(optax.sgd(effective_rate), steps)
   assert not np.all(np.isfinite(sgd_grad_norms)) or np.max(sgd_grad_norms) > 1e3
 
-  params, (grad_norms, update_norms) = _train(osp.split_sgd(effective_rate / 0.01), steps)
+  tx = osp.split_sgd(effective_rate / 0.01)
+  params, state, (grad_norms, update_norms, thresholds) = _train(tx, steps)
   chex.assert_tree_all_finite(params)
-  # The guard caps what enters the split at max_norm; every built-in global
-  # component of a vector is no longer than the vector (or its running average).
-  bound = effective_rate * (1 + abs(_presets.DEFAULT_ALPHA)) * _presets.DEFAULT_GUARD.max_norm
-  assert np.max(update_norms) <= bound * (1 + 1e-5)
-  assert np.max(grad_norms) > _presets.DEFAULT_GUARD.max_norm  # the guard had work to do
+  # The guard caps what enters the split at the threshold in force, and every
+  # built-in global component of a vector is no longer than the vector (or its
+  # running average): so each step is bounded by the largest threshold so far.
+  bound = effective_rate * (1 + abs(_presets.DEFAULT_ALPHA)) * np.maximum.accumulate(thresholds)
+  assert np.all(update_norms[1:] <= bound[1:] * (1 + 1e-5))
+  # No threshold ever exceeds the cap, max_ratio times the warm-up's mean norm,
+  # frozen when the warm-up ends; the raw gradients outgrew it many times over.
+  cap = float(optax.tree.get(state, "cap"))
+  warmup = _presets.DEFAULT_GUARD.warmup
+  assert np.all(thresholds[warmup:] <= cap)
+  assert cap <= _presets.DEFAULT_GUARD.max_ratio * np.mean(grad_norms[:warmup]) * (1 + 1e-5)
+  assert np.max(grad_norms) > 10 * cap

@@ -18,7 +18,11 @@ class SpikeExcessState(NamedTuple):
     count: Number of finite steps that fed the statistics (int32).
     norm_mean: Running mean of the (clipped) global norm.
     norm_var: Running variance of the (clipped) global norm.
+    cap: The relative cap: ``max_ratio`` times the mean norm of the warm-up
+      (so far, while the warm-up lasts; frozen after it), inf without one.
     threshold: The threshold in force at the last step.
+    norm: The global norm of the updates at the last step, before the guard
+      acted (inf or NaN when they were not finite).
     spike_count: Number of steps whose norm exceeded the threshold or was not
       finite (int32).
   """
@@ -26,7 +30,9 @@ class SpikeExcessState(NamedTuple):
   count: jax.Array
   norm_mean: jax.Array
   norm_var: jax.Array
+  cap: jax.Array
   threshold: jax.Array
+  norm: jax.Array
   spike_count: jax.Array
 
 
@@ -37,20 +43,25 @@ class SpikeExcess(base.Decomposition):
   z: float = 2.5
   decay: float = 0.97
   warmup: int = 25
+  max_ratio: float | None = 10.0
   max_norm: float | None = None
 
   def init(self, params):
     del params
-    zero = jnp.zeros([], base.STAT_DTYPE)
+    # One fresh array per field: a training loop that donates the state must
+    # not find one buffer in two places.
+    stat = lambda value: jnp.full([], value, base.STAT_DTYPE)  # noqa: E731
     return SpikeExcessState(
         count=jnp.zeros([], jnp.int32),
-        norm_mean=zero,
-        norm_var=zero,
-        threshold=jnp.asarray(self._cap(), base.STAT_DTYPE),
+        norm_mean=stat(0.0),
+        norm_var=stat(0.0),
+        cap=stat(jnp.inf),
+        threshold=stat(self._absolute_cap()),
+        norm=stat(0.0),
         spike_count=jnp.zeros([], jnp.int32),
     )
 
-  def _cap(self) -> float:
+  def _absolute_cap(self) -> float:
     return float("inf") if self.max_norm is None else self.max_norm
 
   def decompose(self, updates, state, params):
@@ -58,9 +69,12 @@ class SpikeExcess(base.Decomposition):
     norm = jnp.sqrt(_numerics.tree_squared_norm(updates))
     stat_norm = norm.astype(base.STAT_DTYPE)
     finite = jnp.isfinite(stat_norm)
-    adaptive = state.norm_mean + self.z * jnp.sqrt(jnp.maximum(state.norm_var, 0))
     in_warmup = state.count < self.warmup
-    threshold = jnp.where(in_warmup, self._cap(), jnp.minimum(adaptive, self._cap()))
+    adaptive = state.norm_mean + self.z * jnp.sqrt(jnp.maximum(state.norm_var, 0))
+    # During warm-up only the caps apply; the relative one is inf at the first
+    # step, then max_ratio times the running mean of the norms so far.
+    bound = jnp.minimum(state.cap, self._absolute_cap())
+    threshold = jnp.where(in_warmup, bound, jnp.minimum(adaptive, bound))
     kept = _numerics.kept_fraction(norm, threshold.astype(norm.dtype))
 
     # The statistics see the clipped norm, so one spike cannot lift the
@@ -71,13 +85,19 @@ class SpikeExcess(base.Decomposition):
     weight = jnp.where(in_warmup, 1 / count.astype(base.STAT_DTYPE), 1 - self.decay)
     mean = state.norm_mean + weight * (clipped - state.norm_mean)
     var = (1 - weight) * (state.norm_var + weight * jnp.square(clipped - state.norm_mean))
+    # The cap follows the warm-up's mean, then stays: it bounds every later
+    # step by a multiple of the norms the run started with.
+    cap = state.cap if self.max_ratio is None else jnp.where(
+        in_warmup, self.max_ratio * mean, state.cap)
 
     spike = (stat_norm > threshold) | ~finite
     new_state = SpikeExcessState(
         count=jnp.where(finite, count, state.count),
         norm_mean=jnp.where(finite, mean, state.norm_mean),
         norm_var=jnp.where(finite, var, state.norm_var),
+        cap=jnp.where(finite, cap, state.cap),
         threshold=threshold,
+        norm=stat_norm,
         spike_count=state.spike_count + spike.astype(jnp.int32),
     )
     local, global_ = base.clipped_split(updates, kept)
@@ -88,6 +108,7 @@ def spike_excess(
     z: float = 2.5,
     decay: float = 0.97,
     warmup: int = 25,
+    max_ratio: float | None = 10.0,
     max_norm: float | None = None,
 ) -> SpikeExcess:
   """The part of the updates over an adaptive, z-score threshold on the norm.
@@ -96,22 +117,33 @@ def spike_excess(
   of the global norm and treats the part of ``g`` over ``mu + z * sigma`` as
   the global component (``G = (1 - c) * g``, ``c = min(1, threshold / ||g||)``).
   The statistics are fed the clipped norm, so a spike cannot raise the bar for
-  the next one. During the first ``warmup`` steps only ``max_norm`` applies.
+  the next one. During the first ``warmup`` steps only the caps apply.
 
   Adaptive statistics inherit the scale of the first gradients and follow a
-  steady growth, so they alone do not bound the step: set ``max_norm`` for an
-  absolute cap (the threshold in force is then at most ``max_norm``), as
-  ZClip's reference code does. Non-finite steps count as spikes and leave the
-  statistics unchanged.
+  steady growth, so they alone do not bound the step. Two caps do:
 
-  Diagnostics in the state: ``threshold`` (in force at the last step) and
-  ``spike_count``.
+  - ``max_ratio`` (relative, on by default): the threshold never exceeds
+    ``max_ratio`` times the mean norm of the warm-up. It is measured from the
+    run (from the second step on: ``max_ratio`` times the mean of the norms so
+    far), and frozen when the warm-up ends, so no gradient-norm number has to
+    be known in advance and a slow drift cannot carry it away.
+  - ``max_norm`` (absolute, off by default): as ZClip's reference code does.
+
+  So every clipped norm after the first step is at most ``max_ratio`` times
+  the mean clipped norm of the warm-up steps before it (and at most
+  ``max_norm``). Non-finite steps count as spikes and leave the statistics
+  and the cap unchanged.
+
+  Diagnostics in the state: ``norm`` (seen before clipping), ``threshold`` (in
+  force at the last step), ``cap`` and ``spike_count``.
 
   Args:
     z: How many standard deviations above the mean a norm may go.
     decay: Decay of the EMA statistics after warm-up, in ``[0, 1)``.
     warmup: Steps (at least 1) of plain averaging before the adaptive threshold
-      applies.
+      applies; they also set the relative cap.
+    max_ratio: Cap on the threshold as a multiple of the warm-up's mean norm,
+      at least 1, or None for no relative cap.
     max_norm: Optional absolute cap on the threshold, at least 0.
 
   Returns:
@@ -121,12 +153,14 @@ def spike_excess(
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import optax_split
-    >>> tx = optax_split.split(optax_split.spike_excess(warmup=3, max_norm=10.0))
+    >>> tx = optax_split.split(optax_split.spike_excess(warmup=3))
     >>> state = tx.init(jnp.zeros(2))
     >>> for g in ([1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [30.0, 40.0]):
     ...   parts, state = tx.update(jnp.array(g), state)
     >>> print(round(float(optax.tree.norm(parts.local)), 3), state.decomposition.spike_count)
     1.0 1
+    >>> print(state.decomposition.norm, state.decomposition.cap)
+    50.0 10.0
 
   References:
     Kumar et al., `ZClip: Adaptive Spike Mitigation for LLM Pre-Training
@@ -142,8 +176,14 @@ def spike_excess(
         f"`warmup` must be an int of at least 1, got {warmup!r}: the statistics "
         "need one step to start from. E.g. spike_excess(warmup=25)."
     )
+  if max_ratio is not None:
+    _validation.check_range(
+        "max_ratio", max_ratio, low=1.0,
+        fix="A cap below the warm-up's mean clips every step; e.g. spike_excess(max_ratio=10.0), "
+        "or None.",
+    )
   if max_norm is not None:
     _validation.check_range(
         "max_norm", max_norm, low=0.0, fix="E.g. spike_excess(max_norm=1.0), or None."
     )
-  return SpikeExcess(z, decay, warmup, max_norm)
+  return SpikeExcess(z, decay, warmup, max_ratio, max_norm)
