@@ -15,12 +15,10 @@ from optax_split.decompositions import (
 )
 
 # The presets' defaults; README.md ("Choosing the defaults") shows the
-# benchmark evidence behind them.
-DEFAULT_ALPHA = 7.0
-# Adam rescales the reweighted gradient, so a strong trend acts as extra, slow
-# momentum and overshoots: split_adam wants a milder alpha.
-DEFAULT_ADAM_ALPHA = 1.0
-DEFAULT_DECOMPOSITION = trend_component(decay=0.95)
+# benchmark evidence behind them. The split is Grokfast-EMA's reference
+# setting (EMA decay 0.98, lambda 2) for both presets.
+DEFAULT_ALPHA = 2.0
+DEFAULT_DECOMPOSITION = trend_component(decay=0.98)
 # No absolute gradient-norm number: the guard's cap is a multiple of the run's
 # own warm-up norms.
 DEFAULT_GUARD = spike_excess()
@@ -214,7 +212,7 @@ def split_sgd(
 
 def split_adam(
     learning_rate: optax.ScalarOrSchedule,
-    alpha: optax.ScalarOrSchedule = DEFAULT_ADAM_ALPHA,
+    alpha: optax.ScalarOrSchedule = DEFAULT_ALPHA,
     *,
     decomposition: Decomposition = DEFAULT_DECOMPOSITION,
     guard: Decomposition | None = DEFAULT_GUARD,
