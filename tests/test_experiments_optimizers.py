@@ -18,27 +18,73 @@ def _first_step(tx, grads=GRADS):
   return updates
 
 
+def _build(spec, rate, weight_decay=0.0, **grid):
+  """What the runner does: Adam-like optimizers also get the task's ``b2``."""
+  b2 = {"b2": 0.999} if spec.adaptive else {}
+  return spec.build(rate, weight_decay, **b2, **grid)
+
+
 @pytest.mark.parametrize("name", optimizers.NAMES)
-def test_every_optimizer_builds_from_a_traced_rate(name):
+def test_every_optimizer_builds_from_a_traced_rate_and_a_schedule(name):
   spec = optimizers.get(name)
   grid = {k: v[0] for k, v in spec.grid.items()}
-  step = jax.jit(lambda rate: _first_step(spec.build(rate, 0.0, **grid)))
+  step = jax.jit(lambda rate: _first_step(_build(spec, rate, **grid)))
   chex.assert_trees_all_equal_shapes_and_dtypes(step(jnp.float32(0.01)), PARAMS)
+  # A schedule (the task's warm-up times the swept rate): zero at the first step.
+  scheduled = jax.jit(lambda rate: _first_step(_build(spec, lambda count: rate * count, **grid)))
+  chex.assert_trees_all_equal(scheduled(jnp.float32(0.01)), jax.tree.map(jnp.zeros_like, PARAMS))
+
+
+def test_practitioner_baselines_are_what_they_say():
+  rate, b2 = 0.01, 0.98
+  grads = [GRADS, jax.tree.map(lambda g: -2.0 * g, GRADS)]
+
+  def steps(tx):
+    state, out = tx.init(PARAMS), []
+    for g in grads:
+      updates, state = tx.update(g, state, PARAMS)
+      out.append(updates)
+    return out
+
+  msgd = optimizers.get("msgd_clip").build(rate, 0.0, max_norm=0.1)
+  want = optax.chain(optax.clip_by_global_norm(0.1), optax.sgd(rate, momentum=0.9))
+  chex.assert_trees_all_close(steps(msgd), steps(want), rtol=1e-6)
+  adamw = optimizers.get("adamw_clip").build(rate, 0.1, b2=b2, max_norm=1.0)
+  want = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(rate, b2=b2, weight_decay=0.1))
+  chex.assert_trees_all_close(steps(adamw), steps(want), rtol=1e-6)
+  # Grokfast-EMA's reference: g + 2 * EMA_0.98(g), the EMA started at the first gradient.
+  ema = GRADS
+  reweighted = []
+  for g in grads:
+    ema = jax.tree.map(lambda m, x: 0.98 * m + 0.02 * x, ema, g)
+    reweighted.append(jax.tree.map(lambda x, m: x + 2.0 * m, g, ema))
+  adam = optax.adam(rate, b2=b2)
+  state, want = adam.init(PARAMS), []
+  for g in reweighted:
+    updates, state = adam.update(g, state, PARAMS)
+    want.append(updates)
+  got = steps(optimizers.get("grokfast").build(rate, 0.0, b2=b2))
+  chex.assert_trees_all_close(got, want, rtol=1e-5)
+  # ZClip: with no history yet its only bound is the absolute cap 1.0.
+  big = jax.tree.map(lambda g: 100.0 * g, GRADS)
+  zclip = optimizers.get("zclip").build(rate, 0.0, b2=b2)
+  clipped = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(rate, b2=b2))
+  chex.assert_trees_all_close(_first_step(zclip, big), _first_step(clipped, big), rtol=1e-5)
 
 
 def test_presets_take_the_same_effective_step_as_sgd():
   # alpha = 0 and no guard: split_sgd at effective rate r is SGD at rate r.
   split = optimizers.get("split_sgd:alpha=0,guard=none").build(0.03, 0.0)
   chex.assert_trees_all_close(_first_step(split), _first_step(optax.sgd(0.03)), rtol=1e-6)
-  adam = optimizers.get("split_adam:alpha=0,guard=none").build(0.003, 0.0)
+  adam = optimizers.get("split_adam:alpha=0,guard=none").build(0.003, 0.0, b2=0.999)
   chex.assert_trees_all_close(_first_step(adam), _first_step(optax.adam(0.003)), rtol=1e-6)
 
 
 def test_preset_options_reach_the_preset():
-  spec = optimizers.get("split_sgd:alpha=2,decay=0.5,cap=none,z=3")
+  spec = optimizers.get("split_sgd:alpha=2,decay=0.5,cap=0.5,ratio=none,z=3")
   got = _first_step(spec.build(0.01, 0.0))
   tx = osp.split_sgd(1.0, 2.0, decomposition=osp.trend_component(0.5),
-                     guard=osp.spike_excess(z=3.0, max_norm=None))
+                     guard=osp.spike_excess(z=3.0, max_ratio=None, max_norm=0.5))
   chex.assert_trees_all_close(got, _first_step(tx))
   mean = optimizers.get("split_sgd:decomposition=mean,guard=none").build(0.01, 0.0)
   want = osp.split_sgd(1.0, decomposition=osp.mean_component(), guard=None)
@@ -54,7 +100,7 @@ def test_weight_decay_is_decoupled_and_scaled_by_the_rate():
 
 @pytest.mark.parametrize("name, message", [
     ("lion", "Unknown optimizer 'lion'"),
-    ("sgd:max_norm=1", "sgd has no option 'max_norm'"),
+    ("sgd:max_norm=1", "sgd has no option 'max_norm'; it takes \\['weight_decay'\\]"),
     ("sgd_clip:max_norm", "Bad option 'max_norm'.*key=value"),
     ("split_adam:decomposition=spike", "Unknown decomposition='spike'"),
 ])

@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 
 from optax_split.experiments import optimizers, runner, tasks
-from optax_split.experiments.tasks import cifar2
+from optax_split.experiments.tasks import cifar2, lm
 from optax_split.experiments.tasks.adding import make_sequences
 
 # adding trains in test_experiments_runner.py; cifar2 below, from a generated folder.
 TINY = {
     "deep_mlp": {"depth": 3, "width": 8, "batch_size": 8},
-    "grokking": {"p": 7, "hidden": 8, "batch_size": 8},
+    "grokking": {"p": 7, "hidden": 8, "heads": 2, "batch_size": 8},
+    "grokking-mlp": {"p": 7, "hidden": 8, "batch_size": 8, "model": "mlp"},
+    "lm": {"context": 8, "width": 8, "depth": 1, "heads": 2, "batch_size": 2,
+           "max_bytes": 20_000, "eval_windows": 4},
 }
 
 
@@ -32,7 +35,7 @@ def write_tiny_cifar(folder, per_batch=12, seed=0):
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_task_trains_a_few_steps(name):
-  task = tasks.make(name, **TINY[name])
+  task = tasks.make(name.partition("-")[0], **TINY[name])
   runs = runner.train(task, optimizers.get("sgd"), (0.01,), seeds=2, steps=3)
   chex.assert_shape([runs.loss, runs.grad_norm], (1, 2, 3))
   chex.assert_shape([runs.val, runs.test], (1, 2, 1))
@@ -78,3 +81,53 @@ def test_cifar2_rejects_bad_classes(tmp_path):
 def test_unknown_task_lists_the_tasks():
   with pytest.raises(ValueError, match="Choose from adding"):
     tasks.make("mnist")
+
+
+def _sources(folder, count):
+  folder.mkdir(parents=True, exist_ok=True)
+  for i in range(count):
+    (folder / f"m{i:02d}.py").write_text(f"# module {i}\nx = {i}\n" * 20)
+  return folder
+
+
+def test_lm_corpus_is_split_by_file_in_path_order(tmp_path):
+  root = _sources(tmp_path / "lib", 20)
+  (tmp_path / "lib" / "site-packages").mkdir()
+  (tmp_path / "lib" / "site-packages" / "third_party.py").write_text("never = 1\n")
+  corpus = lm.read_corpus(root, max_bytes=10_000)
+  text = {k: bytes(v).decode() for k, v in corpus.items()}
+  assert "module 8\n" in text["val"] and "module 18\n" in text["val"]
+  assert "module 9\n" in text["test"] and "module 19\n" in text["test"]
+  assert "module 8\n" not in text["train"] and "module 7\n" in text["train"]
+  assert all("never" not in t for t in text.values())
+  assert len(lm.read_corpus(root, max_bytes=100)["train"]) == 100
+
+
+def test_lm_trains_on_a_given_folder_and_reports_bits_per_byte(tmp_path):
+  task = tasks.make("lm", corpus_dir=str(_sources(tmp_path, 30)), context=8, width=8,
+                    depth=1, heads=2, batch_size=2, eval_windows=4)
+  runs = runner.train(task, optimizers.get("adam"), (3e-3,), seeds=1, steps=4)
+  # An untrained model predicts bytes about uniformly: close to 8 bits each.
+  assert 7.0 < float(runs.init_val[0, 0]) < 9.0
+  assert task.metric == "bits/byte" and np.isfinite(runs.val).all()
+  # Warm-up then cosine decay of the rate.
+  schedule = task.schedule(100)
+  assert float(schedule(0)) == 0.0 and float(schedule(10)) == 1.0 and float(schedule(100)) < 1e-6
+
+
+def test_lm_without_sources_says_what_to_install(tmp_path):
+  with pytest.raises(FileNotFoundError, match="No .py sources.*corpus_dir"):
+    tasks.make("lm", corpus_dir=str(tmp_path))
+
+
+def test_grokking_reads_equations_in_grokfasts_regime():
+  task = tasks.make("grokking", p=7, hidden=8, heads=2, batch_size=8)
+  x, y = task.data["train"]
+  chex.assert_shape(x, (None, 4))
+  np.testing.assert_array_equal(x[:, 1], 8)  # op
+  np.testing.assert_array_equal(x[:, 3], 7)  # =
+  np.testing.assert_array_equal(y, (x[:, 0] * x[:, 2]) % 7)
+  assert (x[:, 2] >= 1).all() and task.adam_b2 == 0.98 and task.weight_decay == 0.0
+  assert float(task.schedule(1000)(5)) == 0.5 and float(task.schedule(1000)(50)) == 1.0
+  n = sum(len(task.data[s][1]) for s in ("train", "val", "test"))
+  assert n == 7 * 6 and len(y) == n // 2

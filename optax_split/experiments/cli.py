@@ -1,19 +1,20 @@
 """The command line: ``optax-split compare --task adding ...``."""
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
 
 import tqdm
 
-from optax_split.experiments import optimizers, plots, report, runner, tasks
+from optax_split.experiments import optimizers, plots, report, runner, suite, tasks
 
 # Task options on the command line -> the task factory's keyword arguments.
 _TASK_OPTIONS = {
     "length": int, "hidden": int, "rho": float, "batch_size": int, "eval_size": int,
     "depth": int, "width": int, "classes": int, "data_dir": str, "max_train": int,
-    "p": int, "operation": str,
+    "p": int, "operation": str, "model": str, "context": int, "corpus_dir": str,
 }
 
 
@@ -55,6 +56,25 @@ def _parser() -> argparse.ArgumentParser:
   task_options.add_argument("--max-train", type=int, help="cifar2: training images kept")
   task_options.add_argument("--p", type=int, help="grokking: the modulus")
   task_options.add_argument("--operation", choices=("add", "mul"), help="grokking")
+  task_options.add_argument("--model", choices=("transformer", "mlp"), help="grokking")
+  task_options.add_argument("--context", type=int, help="lm: bytes per sequence")
+  task_options.add_argument("--corpus-dir", type=str,
+                            help="lm: a folder of .py files (default: the standard library)")
+
+  run_suite = sub.add_parser(
+      "suite", help="run every task with one optimizer list and write one report",
+      description="Trains every task with the suite's optimizers (practitioners' baselines, "
+      "tuned; the presets at their defaults, only the rate swept) and writes suite.md, "
+      "suite.json, lr_sensitivity.png and each task's results under --out. Tasks already "
+      "in --out from an earlier run join the report.")
+  run_suite.add_argument("--tasks", nargs="+", default=None, choices=suite.TASKS,
+                         help="default: every task (with --quick: adding and lm)")
+  run_suite.add_argument("--optimizers", nargs="+", default=None, metavar="NAME",
+                         help=f"default: {' '.join(suite.OPTIMIZERS)}")
+  run_suite.add_argument("--quick", action="store_true",
+                         help="tiny models and few steps: checks the pipeline in about a minute")
+  run_suite.add_argument("--out", type=Path, required=True)
+  run_suite.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   return parser
 
 
@@ -81,20 +101,52 @@ def compare(args: argparse.Namespace, command: str) -> str:
   rates = tuple(args.lrs or task.rates)
   adaptive_rates = tuple(args.adaptive_lrs or task.adaptive_rates)
   out = args.out or Path("runs") / task.name
-  summaries = []
-  bar = tqdm.tqdm(specs, desc=task.name, unit="optimizer", disable=args.no_progress,
-                  file=sys.stderr)
-  for spec in bar:
-    bar.set_postfix_str(spec.name)
-    runs = runner.train(task, spec, adaptive_rates if spec.adaptive else rates,
-                        args.seeds, steps)
-    summaries.append(report.summarize(task, runs))
   settings = {"steps": steps, "seeds": args.seeds, "rates": list(rates),
               "adaptive_rates": list(adaptive_rates)}
+  summaries = _train_all(task, specs, settings, args.no_progress, report.summarize)
   table = report.write(out, task, summaries, settings, command)
   plots.write(out, task.name, summaries)
   return table + f"\n\nWrote {out}/results.json, results.md, loss.png, grad_norm.png, " \
                  "global_share.png"
+
+
+def _train_all(task, specs, settings, no_progress, summarize) -> list[dict]:
+  """Trains every optimizer on ``task``; the summaries, a preset's alphas apart."""
+  summaries = []
+  bar = tqdm.tqdm(specs, desc=task.name, unit="optimizer", disable=no_progress,
+                  file=sys.stderr)
+  for spec in bar:
+    bar.set_postfix_str(spec.name)
+    rates = settings["adaptive_rates"] if spec.adaptive else settings["rates"]
+    runs = runner.train(task, spec, tuple(rates), settings["seeds"], settings["steps"])
+    summaries += [summarize(task, r) for r in suite.alpha_slices(runs)]
+  return summaries
+
+
+def run_suite(args: argparse.Namespace, command: str) -> str:
+  """Runs the suite's tasks; writes each task's results and the suite report."""
+  sizes = suite.QUICK if args.quick else suite.FULL
+  names = args.tasks or list(sizes)
+  try:
+    specs = [optimizers.get(n) for n in (args.optimizers or suite.OPTIMIZERS)]
+    made = {name: tasks.make(name, **sizes.get(name, suite.FULL[name])["task"])
+            for name in names}
+  except (ValueError, FileNotFoundError) as error:
+    raise SystemExit(f"optax-split: {error}") from None
+  for name, task in made.items():
+    size = sizes.get(name, suite.FULL[name])
+    settings = {"steps": size["steps"], "seeds": size["seeds"],
+                "rates": list(size.get("rates", task.rates)),
+                "adaptive_rates": list(size.get("adaptive_rates", task.adaptive_rates))}
+    summaries = _train_all(task, specs, settings, args.no_progress, suite.summarize)
+    folder = args.out / name
+    report.write(folder, task, summaries, settings, command)
+    plots.write(folder, name, summaries)
+    record = suite.task_record(task, summaries, settings)
+    (folder / "suite_task.json").write_text(json.dumps(record, indent=1) + "\n")
+  records = [json.loads((args.out / n / "suite_task.json").read_text()) for n in suite.TASKS
+             if (args.out / n / "suite_task.json").exists()]
+  return suite.write(args.out, records, command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,4 +154,4 @@ def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = _parser().parse_args(argv)
   command = "optax-split " + shlex.join(argv)
-  print(compare(args, command))
+  print(run_suite(args, command) if args.command == "suite" else compare(args, command))

@@ -5,19 +5,31 @@ default), so they get ``learning_rate = rate / 0.01``: every optimizer here
 takes the same *effective* step size for the same ``rate``. SGD-like
 optimizers sweep the task's ``rates``; Adam-like ones sweep ``adaptive_rates``
 (their effective rate is their learning rate, and it lives on another scale).
+The rate may be a schedule (the task's warm-up and decay times the swept rate).
+
+Besides the textbook baselines (``sgd``, ``sgd_clip``, ``sgd_agc``, ``adam``,
+``adam_clip``, ``rmsprop``) the registry holds what practitioners run:
+``msgd`` and ``msgd_clip`` (SGD with momentum 0.9), ``adamw_clip``
+(``clip_by_global_norm`` + AdamW, the LLM default), ``zclip`` (ZClip's
+reference defaults before AdamW) and ``grokfast`` (Grokfast-EMA's reference
+defaults before Adam). Every optimizer takes ``weight_decay`` as a grid option
+(``adam:weight_decay=0/0.1``), which overrides the task's.
 
 A name may carry options after a colon, e.g. ``split_sgd:alpha=3,decay=0.98``
 or ``sgd_clip:max_norm=1``. An option that names a grid hyperparameter fixes
 it or sets its grid (``sgd_clip:max_norm=0.1/1``); the presets take ``alpha``
 (a grid too: ``alpha=1/3``), ``decomposition`` (``trend`` or ``mean``),
-``decay`` (of the trend), ``z`` and ``cap`` (the guard's z-score and absolute
-cap; ``cap=none`` keeps no cap) and ``guard=none``.
+``decay`` (of the trend), ``z``, ``ratio`` and ``cap`` (the guard's z-score,
+relative cap and absolute cap; ``none`` turns a cap off), ``guard=none`` and
+``weight_decay``.
 """
 
 import dataclasses
 import itertools
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import optax
 
 import optax_split as osp
@@ -32,8 +44,9 @@ class OptimizerSpec:
 
   Attributes:
     name: The name, with its options if any (``split_sgd:alpha=3``).
-    build: ``build(rate, weight_decay, **grid_values) -> GradientTransformation``;
-      every value may be a traced scalar.
+    build: ``build(rate, weight_decay, **grid_values) -> GradientTransformation``,
+      with ``b2`` (Adam's second-moment decay, set by the task) too when
+      ``adaptive``; every value may be a traced scalar, and ``rate`` a schedule.
     adaptive: Whether it sweeps the Adam-like grid of rates.
     grid: Extra hyperparameters swept with the rate, name -> values.
     description: What it is, for the report.
@@ -52,10 +65,48 @@ class OptimizerSpec:
     return [dict(zip(names, combo, strict=True)) for combo in values]
 
 
-def _decayed(scaling: optax.GradientTransformation, rate, weight_decay: float):
+# ZClip's reference defaults (Kumar et al. 2025): EMA decay 0.97, z 2.5, 25
+# warm-up steps, an absolute cap of 1.0.
+ZCLIP = {"z": 2.5, "decay": 0.97, "warmup": 25, "max_norm": 1.0}
+# Grokfast-EMA's reference defaults (Lee et al. 2024): EMA decay 0.98, lambda 2.
+GROKFAST = {"decay": 0.98, "lamb": 2.0}
+
+
+def _decayed(scaling: optax.GradientTransformation, rate, weight_decay):
   """``scaling``, then decoupled weight decay ``weight_decay``, then the rate."""
-  decay = optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity()
+  decay = (optax.identity() if isinstance(weight_decay, (int, float)) and weight_decay == 0
+           else optax.add_decayed_weights(weight_decay))
   return optax.chain(scaling, decay, optax.scale_by_learning_rate(rate))
+
+
+def grokfast_ema(decay: float, lamb: float) -> optax.GradientTransformation:
+  """Grokfast-EMA written with plain optax: ``g + lamb * m``, ``m`` the EMA of ``g``.
+
+  As in the reference code the average starts at the first gradient. Optax has
+  no transformation that adds a slow average back onto the gradient, so this is
+  the short custom one a user would write; its state is ``optax.EmaState``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = grokfast_ema(decay=0.5, lamb=2.0)
+    >>> state = tx.init(jnp.zeros(2))
+    >>> _, state = tx.update(jnp.array([2.0, 0.0]), state)
+    >>> updates, _ = tx.update(jnp.array([0.0, 2.0]), state)
+    >>> print(updates)
+    [2. 4.]
+  """
+  ema = optax.ema(decay, debias=False)
+
+  def update_fn(updates, state, params=None):
+    del params
+    first = state.count == 0
+    ema_state = state._replace(
+        ema=jax.tree.map(lambda g, m: jnp.where(first, g, m), updates, state.ema)
+    )
+    slow, ema_state = ema.update(updates, ema_state)
+    return jax.tree.map(lambda g, m: g + lamb * m, updates, slow), ema_state
+
+  return optax.GradientTransformation(ema.init, update_fn)
 
 
 def _sgd(rate, weight_decay):
@@ -70,16 +121,35 @@ def _sgd_agc(rate, weight_decay, clipping):
   return optax.chain(optax.adaptive_grad_clip(clipping), _sgd(rate, weight_decay))
 
 
-def _adam(rate, weight_decay):
-  return optax.adamw(rate, weight_decay=weight_decay)
+def _msgd(rate, weight_decay):
+  return _decayed(optax.trace(decay=0.9), rate, weight_decay)
 
 
-def _adam_clip(rate, weight_decay, max_norm):
-  return optax.chain(optax.clip_by_global_norm(max_norm), _adam(rate, weight_decay))
+def _msgd_clip(rate, weight_decay, max_norm):
+  return optax.chain(optax.clip_by_global_norm(max_norm), _msgd(rate, weight_decay))
 
 
-def _rmsprop(rate, weight_decay):
-  return _decayed(optax.scale_by_rms(), rate, weight_decay)
+def _adam(rate, weight_decay, b2):
+  return optax.adamw(rate, b2=b2, weight_decay=weight_decay)
+
+
+def _adam_clip(rate, weight_decay, b2, max_norm):
+  return optax.chain(optax.clip_by_global_norm(max_norm), _adam(rate, weight_decay, b2))
+
+
+def _zclip(rate, weight_decay, b2):
+  # ZClip drops the part of the gradient over its threshold: spike_excess at alpha = -1.
+  zclip = optax.chain(osp.split(osp.spike_excess(**ZCLIP, max_ratio=None), global_share=False),
+                      osp.scale_global(0.0), osp.combine())
+  return optax.chain(zclip, _adam(rate, weight_decay, b2))
+
+
+def _grokfast(rate, weight_decay, b2):
+  return optax.chain(grokfast_ema(**GROKFAST), _adam(rate, weight_decay, b2))
+
+
+def _rmsprop(rate, weight_decay, b2):
+  return _decayed(optax.scale_by_rms(decay=b2), rate, weight_decay)
 
 
 def _preset_kwargs(options: dict[str, str]) -> dict:
@@ -101,30 +171,40 @@ def _preset_kwargs(options: dict[str, str]) -> dict:
     raise ValueError(f"Unknown decomposition={kind!r}: use decomposition=trend or =mean.")
   if options.pop("guard", None) == "none":
     kwargs["guard"] = None
-  elif "z" in options or "cap" in options:
+  elif {"z", "cap", "ratio"} & set(options):
     default = _presets.DEFAULT_GUARD
-    cap = options.pop("cap", default.max_norm)
+    cap, ratio = options.pop("cap", default.max_norm), options.pop("ratio", default.max_ratio)
     kwargs["guard"] = osp.spike_excess(
         z=float(options.pop("z", default.z)), decay=default.decay, warmup=default.warmup,
+        max_ratio=None if ratio in (None, "none") else float(ratio),
         max_norm=None if cap in (None, "none") else float(cap),
     )
   if options:
     raise ValueError(
         f"Unknown option(s) {sorted(options)} for a preset; use alpha, decomposition, "
-        "decay, z, cap or guard, e.g. split_sgd:alpha=3,decay=0.98."
+        "decay, z, ratio, cap, guard or weight_decay, e.g. split_sgd:alpha=3,decay=0.98."
     )
   return kwargs
 
 
-def _preset(factory, options):
-  """``build(rate, weight_decay, [alpha])`` of a preset; ``alpha`` is given when swept."""
+def _over_local_fraction(rate):
+  """The presets' ``learning_rate`` for an effective ``rate`` (a number or a schedule)."""
+  if callable(rate):
+    return lambda count: rate(count) / LOCAL_FRACTION
+  return rate / LOCAL_FRACTION
+
+
+def _preset(factory, options, adaptive):
+  """``build(rate, weight_decay, [b2], [alpha])`` of a preset; ``alpha`` is given when swept."""
   kwargs = _preset_kwargs(options)
 
-  def build(rate, weight_decay, **alpha):
-    return factory(rate / LOCAL_FRACTION, local_fraction=LOCAL_FRACTION,
-                   weight_decay=weight_decay, **kwargs, **alpha)
+  def build(rate, weight_decay, **more):
+    return factory(_over_local_fraction(rate), local_fraction=LOCAL_FRACTION,
+                   weight_decay=weight_decay, **kwargs, **more)
 
-  return build
+  if not adaptive:
+    return build
+  return lambda rate, weight_decay, b2, **alpha: build(rate, weight_decay, b2=b2, **alpha)
 
 
 # name -> (builder, adaptive, grid, description). Builders of the presets take
@@ -139,13 +219,22 @@ _BASELINES = {
     "adam_clip": (_adam_clip, True, {"max_norm": (1.0,)},
                   "optax.clip_by_global_norm + optax.adamw"),
     "rmsprop": (_rmsprop, True, {}, "optax.scale_by_rms (optax.rmsprop)"),
+    "msgd": (_msgd, False, {}, "optax.sgd with momentum 0.9"),
+    "msgd_clip": (_msgd_clip, False, {"max_norm": (0.1, 1.0, 10.0)},
+                  "optax.clip_by_global_norm + optax.sgd with momentum 0.9"),
+    "adamw_clip": (_adam_clip, True, {"max_norm": (0.1, 1.0, 10.0)},
+                   "optax.clip_by_global_norm + optax.adamw, threshold tuned"),
+    "zclip": (_zclip, True, {}, "ZClip (z 2.5, EMA 0.97, warm-up 25, cap 1.0) + optax.adamw"),
+    "grokfast": (_grokfast, True, {}, "Grokfast-EMA (EMA 0.98, lambda 2) + optax.adamw"),
 }
 _PRESETS = {
     "split_sgd": (osp.split_sgd, False, "optax_split.split_sgd, learning_rate = rate / 0.01"),
     "split_adam": (osp.split_adam, True, "optax_split.split_adam, learning_rate = rate / 0.01"),
 }
 NAMES = (*_BASELINES, *_PRESETS)
-DEFAULT_NAMES = NAMES
+# What `optax-split compare` runs unless told otherwise.
+DEFAULT_NAMES = ("sgd", "sgd_clip", "sgd_agc", "adam", "adam_clip", "rmsprop", "split_sgd",
+                 "split_adam")
 
 
 def _parse_options(text: str, name: str) -> dict[str, str]:
@@ -180,9 +269,9 @@ def get(name: str) -> OptimizerSpec:
     build, adaptive, grid, description = _BASELINES[base]
     grid = dict(grid)
     for key, value in options.items():
-      if key not in grid:
+      if key not in grid and key != "weight_decay":
         raise ValueError(
-            f"{base} has no option {key!r}; it takes {sorted(grid) or 'none'}."
+            f"{base} has no option {key!r}; it takes {sorted([*grid, 'weight_decay'])}."
         )
       grid[key] = _values(value)
     return OptimizerSpec(name, build, adaptive, grid, description)
@@ -190,5 +279,7 @@ def get(name: str) -> OptimizerSpec:
     factory, adaptive, description = _PRESETS[base]
     # Several alphas (alpha=1/3) are swept in the one program, like the rates.
     grid = {"alpha": _values(options.pop("alpha"))} if "/" in options.get("alpha", "") else {}
-    return OptimizerSpec(name, _preset(factory, options), adaptive, grid, description)
+    if "weight_decay" in options:
+      grid["weight_decay"] = _values(options.pop("weight_decay"))
+    return OptimizerSpec(name, _preset(factory, options, adaptive), adaptive, grid, description)
   raise ValueError(f"Unknown optimizer {base!r}. Choose from {', '.join(NAMES)}.")

@@ -32,6 +32,7 @@ class Runs:
       do not split, ``(configs, seeds, steps)``.
     val: Validation metric, ``(configs, seeds, evals)``.
     test: Test metric, ``(configs, seeds, evals)``.
+    init_val: Validation metric of the initial params, ``(configs, seeds)``.
     eval_steps: The step count at each evaluation, ``(evals,)``.
   """
 
@@ -42,6 +43,7 @@ class Runs:
   global_share: np.ndarray
   val: np.ndarray
   test: np.ndarray
+  init_val: np.ndarray
   eval_steps: np.ndarray
 
 
@@ -65,11 +67,22 @@ def make_program(task: Task, spec: OptimizerSpec, steps: int):
   ``(configs, seeds)``.
   """
   every = eval_interval(steps, task.eval_every)
+  shape = task.schedule(steps) if task.schedule is not None else None
+
+  def optimizer(hparams):
+    hparams = dict(hparams)
+    rate = hparams.pop("rate")
+    if shape is not None:
+      rate = (lambda r: lambda count: r * shape(count))(rate)
+    hparams.setdefault("weight_decay", task.weight_decay)
+    if spec.adaptive:
+      hparams["b2"] = task.adam_b2
+    return spec.build(rate, **hparams)
 
   def one_run(hparams, seed_key, data):
     init_key, train_key = jax.random.split(seed_key)
     params = task.init(init_key)
-    tx = spec.build(weight_decay=task.weight_decay, **hparams)
+    tx = optimizer(hparams)
     state = tx.init(params)
 
     def step(carry, key):
@@ -77,7 +90,8 @@ def make_program(task: Task, spec: OptimizerSpec, steps: int):
       loss, grads = jax.value_and_grad(task.loss)(params, task.sample(data, key))
       updates, state = tx.update(grads, state, params)
       params = optax.apply_updates(params, updates)
-      share = jnp.asarray(optax.tree.get(state, "global_share", jnp.nan), jnp.float32)
+      share = optax.tree.get(state, "global_share", None)  # None where it is not kept
+      share = jnp.asarray(jnp.nan if share is None else share, jnp.float32)
       return (params, state), (loss, optax.tree.norm(grads), share)
 
     def chunk(carry, keys):
@@ -86,9 +100,10 @@ def make_program(task: Task, spec: OptimizerSpec, steps: int):
 
     keys = jax.random.split(train_key, steps)
     keys = keys.reshape(steps // every, every, *keys.shape[1:])
+    init_val, _ = task.evaluate(params, data)
     _, (logs, metrics) = jax.lax.scan(chunk, (params, state), keys)
     flat = lambda x: x.reshape(-1)  # noqa: E731  (evals, every) -> steps
-    return jax.tree.map(flat, logs), metrics
+    return jax.tree.map(flat, logs), metrics, init_val
 
   over_seeds = jax.vmap(one_run, in_axes=(None, 0, None))
   return jax.jit(jax.vmap(over_seeds, in_axes=(0, None, None)))
@@ -115,9 +130,10 @@ def train(task: Task, spec: OptimizerSpec, rates: tuple[float, ...], seeds: int,
   configs = spec.configs(rates)
   hparams = {k: jnp.asarray([c[k] for c in configs], jnp.float32) for k in configs[0]}
   program = make_program(task, spec, steps)
-  (loss, grad_norm, share), (val, test) = jax.device_get(
+  (loss, grad_norm, share), (val, test), init_val = jax.device_get(
       program(hparams, seed_keys(seeds), task.data)
   )
   every = eval_interval(steps, task.eval_every)
   return Runs(spec, configs, np.asarray(loss), np.asarray(grad_norm), np.asarray(share),
-              np.asarray(val), np.asarray(test), np.arange(every, steps + 1, every))
+              np.asarray(val), np.asarray(test), np.asarray(init_val),
+              np.arange(every, steps + 1, every))

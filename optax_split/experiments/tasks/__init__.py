@@ -1,10 +1,10 @@
 """The tasks, by name: ``make("adding", length=20)``."""
 
-from optax_split.experiments.tasks import adding, cifar2, deep_mlp, grokking
+from optax_split.experiments.tasks import adding, cifar2, deep_mlp, grokking, lm
 from optax_split.experiments.tasks.base import Task
 
 _FACTORIES = {"adding": adding.adding, "deep_mlp": deep_mlp.deep_mlp,
-              "cifar2": cifar2.cifar2, "grokking": grokking.grokking}
+              "cifar2": cifar2.cifar2, "grokking": grokking.grokking, "lm": lm.lm}
 NAMES = tuple(_FACTORIES)
 
 

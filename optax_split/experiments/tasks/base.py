@@ -29,7 +29,12 @@ class Task:
     adaptive_rates: Default grid of learning rates for Adam-like optimizers.
     steps: Default number of training steps.
     eval_every: Steps between evaluations on the validation and test sets.
-    weight_decay: Decoupled weight decay given to every optimizer.
+    weight_decay: Decoupled weight decay given to every optimizer (an
+      optimizer that tunes its own, ``adam:weight_decay=0/0.1``, overrides it).
+    adam_b2: The second-moment decay of every Adam-like optimizer.
+    schedule: Optional ``schedule(steps) -> multiplier``: the shape of the rate
+      over a run of ``steps`` (warm-up, decay), multiplying every optimizer's
+      rate; None keeps the rate constant.
     target: Optional validation metric to reach; the report then gives the
       steps each optimizer needed to reach it.
     settings: What the report prints about the task (sizes, options).
@@ -49,5 +54,7 @@ class Task:
   steps: int
   eval_every: int
   weight_decay: float = 0.0
+  adam_b2: float = 0.999
+  schedule: Callable[[int], Callable[[Any], Any]] | None = None
   target: float | None = None
   settings: dict = dataclasses.field(default_factory=dict)

@@ -1,0 +1,60 @@
+"""The ``optax-split suite`` command end to end in quick mode, and its measures."""
+
+import json
+
+import numpy as np
+import pytest
+
+from optax_split.experiments import cli, suite, tasks
+
+
+def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
+  # Two optimizers keep the compilations few.
+  argv = ["suite", "--quick", "--optimizers", "adam", "split_adam:alpha=1/2", "--out",
+          str(tmp_path), "--no-progress"]
+  cli.main(argv)
+  printed = capsys.readouterr().out
+  assert "| optimizer | adding: test mse | lm: test bits/byte | mean rank |" in printed
+  report = json.loads((tmp_path / "suite.json").read_text())
+  assert [t["task"] for t in report["tasks"]] == ["adding", "lm"]
+  # The alpha grid is reported per alpha; the default alpha under the plain name.
+  assert set(report["mean_rank"]) == {"adam", "split_adam:alpha=1", "split_adam"}
+  for task in report["tasks"]:
+    assert sum(task["ranks"].values()) == 1 + 2 + 3  # tied ranks share their mean
+    for s in task["optimizers"]:
+      assert len(s["suite"]["final_val_by_rate"]) == len(s["suite"]["rates"])
+      assert s["suite"]["spikes_grid"] >= 0
+  assert (tmp_path / "lr_sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+  assert (tmp_path / "lm" / "results.json").exists() and "# Suite" in printed
+  # A later run of one task joins the tasks already there.
+  cli.main(["suite", "--quick", "--tasks", "adding", "--optimizers", "adam", "--out",
+            str(tmp_path), "--no-progress"])
+  again = json.loads((tmp_path / "suite.json").read_text())
+  assert [t["task"] for t in again["tasks"]] == ["adding", "lm"]
+
+
+def _summary(name, finals, init=8.0):
+  return {"optimizer": name, "suite": {"final_val_by_rate": finals, "init_val": init}}
+
+
+def test_sensitivity_is_the_mean_gap_to_the_best_capped_at_init():
+  task = tasks.make("adding", length=4, hidden=2, eval_size=2)  # lower is better
+  summaries = [_summary("steady", [3.0, 2.0, 3.0]), _summary("fragile", [2.5, None, 9.0])]
+  got = suite.sensitivity(task, summaries)
+  # Best of all runs is 2.0; a diverged rate and one worse than init count as init (8).
+  assert got["steady"] == pytest.approx((1.0 + 0.0 + 1.0) / 3)
+  assert got["fragile"] == pytest.approx((0.5 + 6.0 + 6.0) / 3)
+
+
+def test_spikes_are_counted_against_the_running_median():
+  rng = np.random.default_rng(0)
+  loss = 2.0 + 0.05 * rng.standard_normal((2, 200))
+  loss[1, [50, 120, 121]] = 4.0
+  np.testing.assert_array_equal(suite.spike_counts(loss), [0, 3])
+
+
+def test_ranks_share_ties_and_put_never_last():
+  task = {"target": 0.95, "higher_is_better": True, "optimizers": [
+      {"optimizer": "a", "steps_to_target": 100.0}, {"optimizer": "b", "steps_to_target": 100.0},
+      {"optimizer": "c", "steps_to_target": None}]}
+  assert suite.ranks(task) == {"a": 1.5, "b": 1.5, "c": 3.0}
