@@ -142,11 +142,11 @@ def run_suite(args: argparse.Namespace, command: str) -> str:
     folder = args.out / name
     report.write(folder, task, summaries, settings, command)
     plots.write(folder, name, summaries)
-    record = suite.task_record(task, summaries, settings)
+    record = suite.task_record(task, summaries, settings, command)
     (folder / "suite_task.json").write_text(json.dumps(record, indent=1) + "\n")
   records = [json.loads((args.out / n / "suite_task.json").read_text()) for n in suite.TASKS
              if (args.out / n / "suite_task.json").exists()]
-  return suite.write(args.out, records, command)
+  return suite.write(args.out, records)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -180,8 +180,12 @@ def _metric_cell(task: dict, s: dict) -> str:
   return report._fmt(s["test_metric_at_best_val"])
 
 
-def write(out: Path, tasks: list[dict], command: str) -> str:
-  """Writes ``suite.json``, ``suite.md`` and ``lr_sensitivity.png``; returns the Markdown."""
+def write(out: Path, tasks: list[dict]) -> str:
+  """Writes ``suite.json``, ``suite.md`` and ``lr_sensitivity.png``; returns the Markdown.
+
+  The tasks may come from several runs of the command (``--tasks``), each
+  recorded with its own command line.
+  """
   out.mkdir(parents=True, exist_ok=True)
   names = list(dict.fromkeys(s["optimizer"] for t in tasks for s in t["optimizers"]))
   for t in tasks:
@@ -189,7 +193,8 @@ def write(out: Path, tasks: list[dict], command: str) -> str:
   mean_rank = {n: report._json_number(np.mean([t["ranks"][n] for t in tasks if n in t["ranks"]]))
                for n in names}
   (out / "suite.json").write_text(json.dumps(
-      {"command": command, "tasks": tasks, "mean_rank": mean_rank}, indent=1) + "\n")
+      {"tasks": tasks, "mean_rank": mean_rank}, indent=1) + "\n")
+  commands = "\n".join(dict.fromkeys(t["command"] for t in tasks))
 
   header = ["optimizer", *(f"{t['task']}: {_column(t)}" for t in tasks), "mean rank"]
   rows = []
@@ -211,7 +216,7 @@ def write(out: Path, tasks: list[dict], command: str) -> str:
                       report._fmt(t["sensitivity"][s["optimizer"]], 3),
                       f"{report._fmt(s['suite']['spikes_at_best'])} / {s['suite']['spikes_grid']}"])
   md = (
-      f"# Suite\n\n```\n{command}\n```\n\n"
+      f"# Suite\n\nMade by\n\n```\n{commands}\n```\n\n"
       "Each cell: the tuned best (test metric at the best validation point, or the median "
       "steps to the task's validation target), its rank on the task (#1 best) and the diverged "
       "runs over the whole grid. Presets under their plain names run at their defaults with "
@@ -264,9 +269,10 @@ def _sensitivity_figure(tasks: list[dict]) -> Figure:
   return fig
 
 
-def task_record(task: Task, summaries: list[dict], settings: dict) -> dict:
-  """What the suite keeps of one task: its settings, summaries and sensitivities."""
-  return {"task": task.name, "metric": task.metric, "higher_is_better": task.higher_is_better,
+def task_record(task: Task, summaries: list[dict], settings: dict, command: str) -> dict:
+  """What the suite keeps of one task: the command, settings, summaries and sensitivities."""
+  return {"task": task.name, "command": command, "metric": task.metric,
+          "higher_is_better": task.higher_is_better,
           "target": task.target, "settings": settings, "task_settings": task.settings,
           "optimizers": [{k: v for k, v in s.items() if k not in ("curves", "grid")}
                          for s in summaries],
