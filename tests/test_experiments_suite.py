@@ -26,11 +26,17 @@ def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
       assert s["suite"]["spikes_grid"] >= 0
   assert (tmp_path / "lr_sensitivity.png").read_bytes()[:4] == b"\x89PNG"
   assert (tmp_path / "lm" / "results.json").exists() and "# Suite" in printed
-  # A later run of one task joins the tasks already there.
+  # A later run of one task joins the tasks already there, and its optimizers
+  # join (or replace) those of the earlier run with the same settings.
   cli.main(["suite", "--quick", "--tasks", "adding", "--optimizers", "adam", "--out",
             str(tmp_path), "--no-progress"])
   again = json.loads((tmp_path / "suite.json").read_text())
   assert [t["task"] for t in again["tasks"]] == ["adding", "lm"]
+  adding = again["tasks"][0]
+  assert [s["optimizer"] for s in adding["optimizers"]] == [
+      "split_adam:alpha=1", "split_adam", "adam"]
+  assert adding["command"].splitlines()[-1].endswith("--optimizers adam --out "
+                                                     f"{tmp_path} --no-progress")
 
 
 def _summary(name, finals, init=8.0):

@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
       description="Trains every task with the suite's optimizers (practitioners' baselines, "
       "tuned; the presets at their defaults, only the rate swept) and writes suite.md, "
       "suite.json, lr_sensitivity.png and each task's results under --out. Tasks already "
-      "in --out from an earlier run join the report.")
+      "in --out from an earlier run join the report, and so do the optimizers of an earlier "
+      "run of the same task with the same settings.")
   run_suite.add_argument("--tasks", nargs="+", default=None, choices=suite.TASKS,
                          help="default: every task (with --quick: adding and lm)")
   run_suite.add_argument("--optimizers", nargs="+", default=None, metavar="NAME",
@@ -123,6 +124,26 @@ def _train_all(task, specs, settings, no_progress, summarize) -> list[dict]:
   return summaries
 
 
+def _with_earlier(path: Path, task: tasks.Task, settings: dict, summaries: list[dict],
+                  command: str) -> tuple[list[dict], str]:
+  """``summaries`` after those of an earlier run of the task with the same settings.
+
+  An optimizer run again replaces its earlier summary; the commands of both
+  runs are kept, one a line.
+  """
+  if not path.exists():
+    return summaries, command
+  earlier = json.loads(path.read_text())
+  same = (earlier["settings"] == settings
+          and earlier["task_settings"] == json.loads(json.dumps(task.settings)))
+  if not same:
+    return summaries, command
+  again = {s["optimizer"] for s in summaries}
+  kept = [s for s in earlier["optimizers"] if s["optimizer"] not in again]
+  commands = dict.fromkeys([*earlier["command"].splitlines(), command])
+  return kept + summaries, "\n".join(commands)
+
+
 def run_suite(args: argparse.Namespace, command: str) -> str:
   """Runs the suite's tasks; writes each task's results and the suite report."""
   sizes = suite.QUICK if args.quick else suite.FULL
@@ -140,9 +161,11 @@ def run_suite(args: argparse.Namespace, command: str) -> str:
                 "adaptive_rates": list(size.get("adaptive_rates", task.adaptive_rates))}
     summaries = _train_all(task, specs, settings, args.no_progress, suite.summarize)
     folder = args.out / name
-    report.write(folder, task, summaries, settings, command)
+    summaries, commands = _with_earlier(folder / "results.json", task, settings, summaries,
+                                        command)
+    report.write(folder, task, summaries, settings, commands)
     plots.write(folder, name, summaries)
-    record = suite.task_record(task, summaries, settings, command)
+    record = suite.task_record(task, summaries, settings, commands)
     (folder / "suite_task.json").write_text(json.dumps(record, indent=1) + "\n")
   records = [json.loads((args.out / n / "suite_task.json").read_text()) for n in suite.TASKS
              if (args.out / n / "suite_task.json").exists()]

@@ -49,7 +49,7 @@ OPTIMIZERS = (
 FULL = {
     "adding": {"task": {}, "steps": 2000, "seeds": 3},
     "deep_mlp": {"task": {}, "steps": 1000, "seeds": 2},
-    "lm": {"task": {}, "steps": 400, "seeds": 2},
+    "lm": {"task": {}, "steps": 300, "seeds": 1},
     "grokking": {"task": {}, "steps": 2000, "seeds": 1,
                  "adaptive_rates": (1e-3, 3e-3), "rates": (0.1, 1.0)},
 }
@@ -194,7 +194,7 @@ def write(out: Path, tasks: list[dict]) -> str:
                for n in names}
   (out / "suite.json").write_text(json.dumps(
       {"tasks": tasks, "mean_rank": mean_rank}, indent=1) + "\n")
-  commands = "\n".join(dict.fromkeys(t["command"] for t in tasks))
+  commands = "\n".join(dict.fromkeys(c for t in tasks for c in t["command"].splitlines()))
 
   header = ["optimizer", *(f"{t['task']}: {_column(t)}" for t in tasks), "mean rank"]
   rows = []
