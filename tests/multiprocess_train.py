@@ -12,15 +12,16 @@ Run by ``tests/test_multiprocess.py``, never imported by it. Two modes:
   every case and the optimizer state's bytes per device.
 
 Each process writes one JSON object to ``OUT`` (gloo logs to stdout, so stdout is not used):
-per case, the loss at every step, the final params and optimizer state gathered to full arrays
-(as the hex of their bytes, so that the test compares bits) and this process's own copies of
-the optimizer's scalar statistics.
+per case, the loss at every step, this process's shards of the final params and optimizer state
+(as the hex of their bytes, so that the test compares bits) and its own copies of the
+optimizer's scalar statistics, with whether they equal every other process's (gathered).
 """
 
 import argparse
 import json
 import math
 import re
+import time
 
 import numpy as np
 
@@ -92,6 +93,10 @@ def main():
   parser.add_argument("--process-id", type=int, default=0)
   parser.add_argument("--num-processes", type=int, default=1)
   args = parser.parse_args()
+  start, seconds = time.monotonic(), {}
+
+  def lap(phase):
+    seconds[phase] = round(time.monotonic() - start - sum(seconds.values()), 2)
 
   import jax
 
@@ -116,6 +121,8 @@ def main():
 
   import optax_split as osp
 
+  lap("start")
+
   # Devices are numbered process by process. Laid out on the diagonal, each row and each
   # column of the 2 x 2 mesh holds one device of each process, so every collective of the
   # step (the batch's gradient sum over "data", the norms over "fsdp") crosses processes.
@@ -134,12 +141,24 @@ def main():
     hidden = jnp.tanh(x @ params["w1"] + params["b1"])
     return jnp.mean(jnp.square(hidden @ params["w2"] + params["b2"] - target))
 
-  def batch(step):
-    return tuple(put(a, batch_sharding) for a in global_batch(step))
+  batches = [tuple(put(a, batch_sharding) for a in global_batch(i)) for i in range(STEPS)]
 
-  def gather(tree):
-    """Full host copies of global arrays, in every process."""
-    return multihost_utils.process_allgather(tree, tiled=True)
+  def shards(tree):
+    """Per leaf, this process's shards: ``{"start:stop,...": bytes as hex}``.
+
+    The test merges the processes' shards (nothing to compile or communicate here) and checks
+    that every copy of a shard, on any device of any process, holds the same bits.
+    """
+    leaves = []
+    for leaf in jax.tree.leaves(tree):
+      found = {}
+      for shard in leaf.addressable_shards:
+        index = ",".join(f"{s.start or 0}:{dim if s.stop is None else s.stop}"
+                         for s, dim in zip(shard.index, leaf.shape, strict=True))
+        data = np.asarray(shard.data).tobytes().hex()
+        assert found.setdefault(index, data) == data, "replicas differ within a process"
+      leaves.append({"dtype": str(leaf.dtype), "shape": list(leaf.shape), "shards": found})
+    return leaves
 
   def local_scalars(state):
     """This process's own copies of the state's scalars: every addressable shard."""
@@ -165,10 +184,6 @@ def main():
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
 
-  def init(tx, params):
-    shardings = jax.tree.map(lambda a: a.sharding, abstract_state(tx))
-    return jax.jit(tx.init, out_shardings=shardings)(params)
-
   def bytes_per_device(abstract_tree):
     return sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
                for a in jax.tree.leaves(abstract_tree))
@@ -179,62 +194,75 @@ def main():
   params0 = {k: put(v, param_shardings[k]) for k, v in init_params().items()}
   abstract_params = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), params0)
-  runs, snapshots, steps = {}, {}, {}
-  for name, tx in cases(osp, optax).items():
-    state = init(tx, params0)
-    state_shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
+  # All cases in one program: one compile and one dispatch per step for all of them (each
+  # case's arithmetic is its own; the reference runs the very same program).
+  txs = cases(osp, optax)
+  state_shardings = {
+      name: jax.tree.map(lambda a: a.sharding, abstract_state(tx)) for name, tx in txs.items()
+  }
+  init = jax.jit(lambda params: {name: tx.init(params) for name, tx in txs.items()},
+                 out_shardings=state_shardings)
 
-    def train_step(params, state, x, target, tx=tx):
-      loss, grads = jax.value_and_grad(loss_fn)(params, x, target)
-      updates, state = tx.update(grads, state, params)
-      return optax.apply_updates(params, updates), state, loss
+  def train_step(params, states, x, target):
+    new_params, new_states, losses = {}, {}, {}
+    for name, tx in txs.items():
+      losses[name], grads = jax.value_and_grad(loss_fn)(params[name], x, target)
+      updates, new_states[name] = tx.update(grads, states[name], params[name])
+      new_params[name] = optax.apply_updates(params[name], updates)
+    return new_params, new_states, losses
 
-    step = jax.jit(train_step, out_shardings=(param_shardings, state_shardings, replicated))
-    params, losses = params0, []
-    for i in range(STEPS):
-      if i == SAVE_AT:
-        snapshots[name] = {"params": params, "opt_state": state}
-      params, state, loss = step(params, state, *batch(i))
-      losses.append(float(loss.addressable_data(0)).hex())
-    runs[name], steps[name] = (params, state), step
+  step = jax.jit(train_step, out_shardings=(
+      {name: param_shardings for name in txs}, state_shardings, {name: replicated for name in txs}
+  ))
+  params, states, losses = {name: params0 for name in txs}, init(params0), []
+  for i in range(STEPS):
+    if i == SAVE_AT:
+      snapshot = {"params": params, "opt_states": states}
+    params, states, loss = step(params, states, *batches[i])
+    losses.append(loss)
+  final = {"params": params, "opt_states": states}
 
-    scalars = local_scalars(state)
-    # Every process's copies, gathered in every process: all of them must be equal.
-    everyone = multihost_utils.process_allgather(
-        {k: np.stack(v) for k, v in scalars.items()}, tiled=False
-    )
+  all_scalars = {}
+  for name in txs:
+    scalars = local_scalars(states[name])
     report["cases"][name] = {
-        "losses": losses,
-        "final": [as_hex(a) for a in jax.tree.leaves(gather((params, state)))],
+        "losses": [float(loss[name].addressable_data(0)).hex() for loss in losses],
+        "final": shards((params[name], states[name])),
         "scalars": {k: [as_hex(c) for c in v] for k, v in scalars.items()},
-        "scalars_equal_in_all_processes": all(
-            bool(np.all(v == v.reshape(-1)[0])) for v in everyone.values()
-        ),
         "spike_count": {k: int(v[0]) for k, v in scalars.items() if "spike_count" in k},
     }
+    all_scalars[name] = {k: np.stack(v) for k, v in scalars.items()}
 
+  # Every process's copies of the statistics, gathered in every process: all must be equal.
+  everyone = multihost_utils.process_allgather(all_scalars, tiled=False)
+  for name, gathered in everyone.items():
+    report["cases"][name]["scalars_equal_in_all_processes"] = all(
+        bool(np.all(v == v.reshape(-1)[0])) for v in gathered.values()
+    )
+
+  lap("train")
   if args.checkpoint_dir:
     import orbax.checkpoint as ocp
 
     with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(f"{args.checkpoint_dir}/step_{SAVE_AT}", snapshots)
+      checkpointer.save(f"{args.checkpoint_dir}/step_{SAVE_AT}", snapshot)
       checkpointer.wait_until_finished()
       # Restored into the shardings of the saved arrays.
-      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, snapshots)
-      del snapshots
+      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, snapshot)
+      del snapshot
       restored = checkpointer.restore(f"{args.checkpoint_dir}/step_{SAVE_AT}", target)
-    for name, run in restored.items():
-      params, state = run["params"], run["opt_state"]
-      same_shardings = all(
-          a.sharding.is_equivalent_to(b.sharding, a.ndim) for a, b in
-          zip(jax.tree.leaves((params, state)), jax.tree.leaves(runs[name]), strict=True)
-      )
-      for i in range(SAVE_AT, STEPS):
-        params, state, _ = steps[name](params, state, *batch(i))
-      report["cases"][name]["resumed"] = [as_hex(a) for a in
-                                          jax.tree.leaves(gather((params, state)))]
+    same_shardings = all(
+        a.sharding.is_equivalent_to(b.sharding, a.ndim) for a, b in
+        zip(jax.tree.leaves(restored), jax.tree.leaves(final), strict=True)
+    )
+    params, states = restored["params"], restored["opt_states"]
+    for i in range(SAVE_AT, STEPS):
+      params, states, _ = step(params, states, *batches[i])
+    for name in txs:
+      report["cases"][name]["resumed"] = shards((params[name], states[name]))
       report["cases"][name]["restored_same_shardings"] = same_shardings
 
+  lap("checkpoint")
   if not distributed:
     # What the sharded optimizer update alone communicates, and what its state holds.
     # With the global_share diagnostic (the default) and without it; lowered from shapes and
@@ -252,6 +280,8 @@ def main():
             "params_bytes_per_device": bytes_per_device(abstract_params),
         }
 
+  lap("hlo")
+  report["seconds"] = seconds
   with open(args.out, "w") as f:
     json.dump(report, f)
   if distributed:

@@ -59,6 +59,18 @@ def launch(devices: int, out: pathlib.Path, *args: str) -> subprocess.Popen:
     log.close()  # The child holds its own copy.
 
 
+def merged(*leaf_lists: list) -> list:
+  """Per leaf, every process's shards in one ``{index: bits}``; asserts that copies agree."""
+  leaves = []
+  for copies in zip(*leaf_lists, strict=True):
+    shards = {}
+    for copy in copies:
+      for index, bits in copy["shards"].items():
+        assert shards.setdefault(index, bits) == bits, f"copies of shard {index} differ"
+    leaves.append({"dtype": copies[0]["dtype"], "shape": copies[0]["shape"], "shards": shards})
+  return leaves
+
+
 def read(out: pathlib.Path) -> dict:
   return json.loads(out.read_text()) if out.exists() else {}
 
@@ -114,13 +126,17 @@ def test_two_processes_form_one_mesh_of_four_devices(runs):
 
 @pytest.mark.parametrize("case", CASES)
 def test_matches_the_one_process_run_bit_exactly(runs, case):
-  """Every step's loss, and the final params and optimizer state (gathered), bit for bit."""
+  """Every step's loss, and every shard of the final params and optimizer state, bit for bit.
+
+  The two processes' shards together are the same shards (same indices) as the reference's,
+  and every copy of a shard (replicas, on any device of either process) holds the same bits.
+  """
   reference, processes = runs
   expected = reference["cases"][case]
   assert len(expected["losses"]) == helper.STEPS
   for p in processes:
     assert p["cases"][case]["losses"] == expected["losses"]
-    assert p["cases"][case]["final"] == expected["final"]
+  assert merged(*(p["cases"][case]["final"] for p in processes)) == merged(expected["final"])
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -154,6 +170,7 @@ def test_a_multiprocess_orbax_checkpoint_resumes_bit_exactly(runs, case):
   for p in processes:
     assert p["cases"][case]["restored_same_shardings"]
     assert p["cases"][case]["resumed"] == p["cases"][case]["final"]
+  assert merged(*(p["cases"][case]["resumed"] for p in processes))
 
 
 def _all_reduces(runs, case, global_share):
