@@ -1,6 +1,7 @@
 """Trains a small MLP on a 2 x 2 mesh, in one process or in two, and reports what it did.
 
-Run by ``tests/test_multiprocess.py``, never imported by it. Two modes:
+Run as a script by ``tests/test_multiprocess.py`` (which also loads it for its table of cases);
+two modes:
 
 - ``multiprocess_train.py OUT CKPT_DIR --port PORT --process-id I --num-processes 2``: one of
   two processes on JAX's distributed runtime (CPU collectives over gloo), each with two host
@@ -215,7 +216,11 @@ def main():
       {name: param_shardings for name in txs}, state_shardings, {name: replicated for name in txs}
   ))
   params, states, losses = {name: params0 for name in txs}, init(params0), []
+  lap("init")
   for i in range(STEPS):
+    if i == 1:
+      jax.block_until_ready(params)
+      lap("first_step")
     if i == SAVE_AT:
       snapshot = {"params": params, "opt_states": states}
     params, states, loss = step(params, states, *batches[i])

@@ -28,7 +28,7 @@ import optax_split as osp
 
 ROOT = pathlib.Path(__file__).parent.parent
 HELPER = ROOT / "tests" / "multiprocess_train.py"
-TIMEOUT_S = 150  # For all three children; they run at once and take ~45 s on 2 shared cores.
+TIMEOUT_S = 150  # For all three children; they run at once and take ~50 s on 2 shared cores.
 
 _spec = importlib.util.spec_from_file_location("multiprocess_train", HELPER)
 helper = importlib.util.module_from_spec(_spec)
