@@ -50,8 +50,8 @@ FULL = {
     "adding": {"task": {}, "steps": 2000, "seeds": 3},
     "deep_mlp": {"task": {}, "steps": 1000, "seeds": 2},
     "lm": {"task": {}, "steps": 300, "seeds": 1},
-    # Every optimizer gets the same decoupled weight decay: without one, neither
-    # Adam nor Grokfast-EMA groks within a few thousand steps in this regime.
+    # Every optimizer gets the same decoupled weight decay: a JAX rebuild of this
+    # regime saw neither Adam nor Grokfast-EMA grok by 3,000 steps without one.
     "grokking": {"task": {"weight_decay": 1.0}, "steps": 1500, "seeds": 1,
                  "adaptive_rates": (1e-3, 3e-3), "rates": (1.0,)},
 }
