@@ -223,7 +223,7 @@ _BASELINES = {
     "msgd_clip": (_msgd_clip, False, {"max_norm": (0.1, 1.0, 10.0)},
                   "optax.clip_by_global_norm + optax.sgd with momentum 0.9"),
     "adamw_clip": (_adam_clip, True, {"max_norm": (0.1, 1.0, 10.0)},
-                   "optax.clip_by_global_norm + optax.adamw, threshold tuned"),
+                   "optax.clip_by_global_norm + optax.adamw"),
     "zclip": (_zclip, True, {}, "ZClip (z 2.5, EMA 0.97, warm-up 25, cap 1.0) + optax.adamw"),
     "grokfast": (_grokfast, True, {}, "Grokfast-EMA (EMA 0.98, lambda 2) + optax.adamw"),
 }
