@@ -37,12 +37,12 @@ import optax_split as osp
 from conftest import BUILT_IN_DECOMPOSITIONS
 
 SETTINGS = settings(
-    max_examples=25, deadline=None, derandomize=True, database=None,
+    max_examples=20, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 NUM_STEPS = 2
 
-SHAPES = ((), (0,), (3,), (2, 3), (2, 0, 3), (2, 1, 3))
+SHAPES = ((), (0,), (3,), (2, 3), (2, 0, 3))
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 MAGNITUDES = ("zero", "subnormal", "tiny", "unit", "huge")
 
@@ -198,9 +198,10 @@ def _default_alpha(preset) -> float:
   return float(inspect.signature(preset).parameters["alpha"].default)
 
 
+# With momentum and weight decay: every stage of the presets' chains (their defaults
+# otherwise).
 PRESETS = {
-    "split_sgd": lambda: osp.split_sgd(1.0),
-    "split_sgd_momentum_wd": lambda: osp.split_sgd(1.0, momentum=0.9, weight_decay=1e-4),
+    "split_sgd": lambda: osp.split_sgd(1.0, momentum=0.9, weight_decay=1e-4),
     "split_adam": lambda: osp.split_adam(1.0, weight_decay=1e-4),
 }
 # The presets form g + alpha * G (momentum adds up to 10x on top) in the gradient's
@@ -209,7 +210,7 @@ PRESET_HEADROOM = 80 * (1 + max(_default_alpha(osp.split_sgd), _default_alpha(os
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@SETTINGS
+@settings(SETTINGS, max_examples=15)
 @given(spec=spec_trees, seed=st.integers(0, 2**16))
 def test_presets_keep_finite_values_dtypes_and_shapes(preset, spec, seed):
   tx = PRESETS[preset]()
@@ -247,7 +248,7 @@ def _with_bad_leaf(tree, index: int, bad):
 
 
 @pytest.mark.parametrize("transformation", TRANSFORMATIONS)
-@settings(max_examples=10, deadline=None, derandomize=True, database=None)
+@settings(SETTINGS, max_examples=8)
 @given(spec=spec_trees, seed=st.integers(0, 2**16), index=st.integers(0, 5),
        bad=st.sampled_from(tuple(BAD_LEAVES)))
 def test_a_leaf_that_is_not_a_real_float_fails_with_a_message_that_names_it(
