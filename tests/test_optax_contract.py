@@ -446,11 +446,13 @@ def _non_finite(grads, value):
 def _our_statistics(state):
   """The statistics that optax-split carries from step to step.
 
-  Not optax's, and not the per-step ``global_share``, which reads NaN for a step with an Inf.
+  Not optax's, and not the per-step diagnostics ``global_share`` and spike_excess's ``norm``
+  (the norm seen at the last step), which read NaN for a step with a NaN or an Inf.
   """
   ours = (osp.TrendState, osp.SpikeExcessState)
-  return [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ours))
-          if isinstance(x, ours)]
+  found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ours))
+           if isinstance(x, ours)]
+  return [x._replace(norm=None) if isinstance(x, osp.SpikeExcessState) else x for x in found]
 
 
 def _all_finite(tree):
