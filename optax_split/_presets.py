@@ -97,6 +97,9 @@ def _drop_global(guard: Decomposition | None) -> optax.GradientTransformation:
                     f"or None, got {guard!r}.")
 
   def update_fn(updates, state, params=None):
+    _validation.check_float_leaves(updates, what="updates", caller="The guard")
+    updates = _validation.as_arrays(updates)
+    params = None if params is None else _validation.as_arrays(params)
     local, _, state, _ = guard.decompose(updates, state, params)
     return local, state
 
@@ -117,7 +120,8 @@ def _decay_weights(weight_decay: jax.typing.ArrayLike) -> optax.GradientTransfor
     if params is None:
       raise ValueError("weight_decay needs the params: tx.update(grads, state, params).")
     decayed = jax.tree.map(
-        lambda u, p: u + jnp.asarray(weight_decay, u.dtype) * p.astype(u.dtype), updates, params
+        lambda u, p: u + jnp.asarray(weight_decay, u.dtype) * jnp.asarray(p, u.dtype),
+        updates, params,
     )
     return decayed, state
 

@@ -122,6 +122,10 @@ def split(
       )
     _validation.check_float_leaves(updates, what="updates", caller="split()")
     _validation.check_same_structure(updates, params, caller="split()")
+    updates = _validation.as_arrays(updates)
+    if params is not None:
+      _validation.check_float_leaves(params, what="params", caller="split()")
+      params = _validation.as_arrays(params)
     local, global_, decomposition_state, share = decomposition.decompose(
         updates, state.decomposition, params
     )

@@ -54,6 +54,15 @@ def check_range(
     raise ValueError(f"`{name}` must lie in {interval}, got {value!r}. {fix}")
 
 
+def as_arrays(tree: Any) -> Any:
+  """``tree`` with every leaf a JAX array: Python numbers and NumPy arrays converted.
+
+  optax's own transformations accept such leaves; the decompositions read
+  ``.dtype`` and ``.ndim``. A no-op for JAX arrays and tracers.
+  """
+  return jax.tree.map(jnp.asarray, tree)
+
+
 def check_float_leaves(tree: Any, *, what: str, caller: str) -> None:
   """Raises TypeError if any leaf of ``tree`` is not a real floating array."""
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):

@@ -1,5 +1,8 @@
 """Training with Flax (NNX and TrainState) and checkpointing the state with Orbax."""
 
+import functools
+import inspect
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -135,3 +138,72 @@ def test_orbax_restores_the_state_bit_exactly_and_resumes(preset, decomposition,
   resumed, uninterrupted = advance(restored), advance(run)
   assert _as_bits(resumed) == _as_bits(uninterrupted)
   chex.assert_trees_all_equal_shapes_and_dtypes(resumed, run)
+
+
+# The presets' default guard, whose statistics warm up over its first steps.
+_GUARD = inspect.signature(osp.split_sgd).parameters["guard"].default
+WARMUP_GUARD = _GUARD if isinstance(_GUARD, osp.SpikeExcess) else osp.spike_excess()
+RESUME_PRESETS = {
+    "split_sgd": lambda: osp.split_sgd(10.0, guard=WARMUP_GUARD),
+    "split_adam": lambda: osp.split_adam(1.0, guard=WARMUP_GUARD),
+}
+
+
+@functools.cache
+def _jitted_step(preset: str):
+  tx = RESUME_PRESETS[preset]()
+
+  @jax.jit
+  def train_step(params, opt_state, scale):
+    # A gradient that changes from step to step, so that the statistics move.
+    grads = jax.tree.map(lambda g: scale * g, jax.grad(_quadratic)(params))
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return tx, train_step
+
+
+def _guard_count(opt_state) -> int:
+  guards = [s for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, osp.SpikeExcessState))
+      if isinstance(s, osp.SpikeExcessState)]
+  assert len(guards) == 1
+  return int(guards[0].count)
+
+
+@pytest.mark.parametrize("phase", ["in_warmup", "after_warmup"])
+@pytest.mark.parametrize("preset", RESUME_PRESETS)
+def test_resume_in_and_after_the_guards_warmup_continues_bit_identically(
+    preset, phase, tmp_path
+):
+  """Save in the middle of the guard's warm-up and after it; the resumed run is the same."""
+  warmup = WARMUP_GUARD.warmup
+  save_at = warmup // 2 if phase == "in_warmup" else warmup + 15
+  tx, train_step = _jitted_step(preset)
+  scales = 1.0 + jnp.sin(jnp.arange(save_at + 20, dtype=jnp.float32))
+
+  def advance(run, steps):
+    params, opt_state = run["params"], run["opt_state"]
+    for i in steps:
+      params, opt_state = train_step(params, opt_state, scales[i])
+    return {"params": params, "opt_state": opt_state}
+
+  params = {"kernel": jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(3, 4),
+            "bias": jnp.zeros(4, jnp.float32)}
+  run = advance({"params": params, "opt_state": tx.init(params)}, range(save_at))
+  assert _guard_count(run["opt_state"]) == save_at
+  assert (save_at < warmup) == (phase == "in_warmup")
+
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(tmp_path / "checkpoint", run)
+    checkpointer.wait_until_finished()
+    restored = checkpointer.restore(
+        tmp_path / "checkpoint", jax.tree.map(ocp.utils.to_shape_dtype_struct, run)
+    )
+  assert _as_bits(restored) == _as_bits(run)
+
+  rest = range(save_at, len(scales))  # crosses the end of the warm-up when saved in it
+  resumed, uninterrupted = advance(restored, rest), advance(run, rest)
+  assert _as_bits(resumed) == _as_bits(uninterrupted)
+  assert _guard_count(resumed["opt_state"]) == len(scales)
+  chex.assert_tree_all_finite(resumed)

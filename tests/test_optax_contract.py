@@ -445,8 +445,8 @@ def _non_finite(grads, value):
 def _our_statistics(state):
   """The statistics that optax-split carries from step to step.
 
-  Not optax's, and not the per-step diagnostics: ``global_share``, which reads NaN for a
-  step with an Inf, and spike_excess's ``norm``, the norm it saw (NaN or Inf on a bad step).
+  Not optax's, and not the per-step diagnostics ``global_share`` and spike_excess's ``norm``
+  (the norm seen at the last step), which read NaN for a step with a NaN or an Inf.
   """
   ours = (osp.TrendState, osp.SpikeExcessState)
   found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ours))

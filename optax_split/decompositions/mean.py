@@ -21,7 +21,8 @@ class MeanComponent(base.Decomposition):
     return optax.EmptyState()
 
   def _leaf(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    if x.ndim <= 1:
+    if x.ndim <= 1 or x.size == 0:
+      # No units to average over (and the mean of a zero-size leaf would be NaN).
       return jnp.zeros_like(x), jnp.zeros([], _numerics.accumulation_dtype(x.dtype))
     if not -x.ndim <= self.keep_axis < x.ndim:
       raise ValueError(
