@@ -19,6 +19,8 @@ from optax_split._split import (
 )
 from optax_split.decompositions import (
     Decomposition,
+    Grouped,
+    GroupedState,
     MeanComponent,
     NormExcess,
     SpikeExcess,
@@ -26,6 +28,7 @@ from optax_split.decompositions import (
     TrendComponent,
     TrendState,
     UnitExcess,
+    grouped,
     mean_component,
     norm_excess,
     spike_excess,
@@ -37,6 +40,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Decomposition",
+    "Grouped",
+    "GroupedState",
     "MeanComponent",
     "NormExcess",
     "SpikeExcess",
@@ -47,6 +52,7 @@ __all__ = [
     "TrendState",
     "UnitExcess",
     "combine",
+    "grouped",
     "mean_component",
     "norm_excess",
     "on_global",
