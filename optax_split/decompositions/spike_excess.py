@@ -150,21 +150,25 @@ def spike_excess(
   collects them.
 
   With ``on_spike="skip"`` a step whose norm exceeds the threshold (or is not
-  finite) is not clipped but skipped: it becomes wholly global (``local = 0``,
-  ``G = g``), so with ``alpha = -1`` (``scale_global(0.0)``, or as the presets'
-  ``guard``) the update is zero, as MaxText's ``skip_step_on_spikes``,
-  Levanter's ``SkipStepConfig`` and axlearn's ``skip_and_clip_by_global_norm``
-  do. The statistics, the cap and ``count`` stay as they were (the skipped norm
-  is not fed to them) and ``spike_count`` counts the step. Unlike
-  ``optax.apply_if_finite``, which reacts only to NaN and Inf and then freezes
-  the whole optimizer state, this skips on a large finite norm too and only
-  zeroes the updates: the transformations after it still run on the zero
-  update (momentum and Adam's moments decay, step counts advance). With
-  ``scale_global(0.0)`` a non-finite ``g`` still reaches the updates (``0 *
-  NaN`` is NaN); the presets' guard drops the global part instead, so there a
-  non-finite step gives a zero update. If the norm rises for good past the
-  threshold every step is skipped (``spike_count`` then grows step by step):
-  ``on_spike="clip"`` keeps training in that case.
+  finite) is skipped rather than clipped: it becomes wholly global
+  (``local = 0``, ``G = g``), so with ``alpha = -1`` (``scale_global(0.0)``,
+  or as the presets' ``guard``) the step's gradient is dropped, as MaxText's
+  ``skip_step_on_spikes``, Levanter's ``SkipStepConfig`` and axlearn's
+  ``skip_and_clip_by_global_norm`` do. The statistics, the cap and ``count``
+  stay as they were (the skipped norm is not fed to them); ``spike_count``
+  counts the step.
+
+  How it differs from ``optax.apply_if_finite``: that reacts only to NaN and
+  Inf, and then freezes the whole optimizer state. Skipping reacts to a large
+  finite norm too, but only zeroes the gradient: the stages after it still run
+  on the zero gradient, so what they remember still moves the params (the
+  trend of the presets' default decomposition when ``alpha != 0``, momentum,
+  Adam's moments) and their counts advance. With a stateless decomposition and
+  plain SGD the params stay put. The presets' guard keeps only the local part,
+  so a non-finite step becomes a zero gradient there; ``scale_global(0.0)``
+  multiplies instead, and ``0 * NaN`` is NaN. If the norm rises for good past
+  the threshold, every step is skipped (``spike_count`` then grows step by
+  step); ``on_spike="clip"`` keeps training in that case.
 
   Args:
     z: How many standard deviations above the mean a norm may go.
