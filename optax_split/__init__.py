@@ -6,7 +6,8 @@ Composable Optax transformations against exploding gradients and loss spikes:
 :func:`split_adam`.
 """
 
-from optax_split._presets import split_adam, split_rates, split_sgd
+from optax_split._diagnostics import diagnostics
+from optax_split._presets import GuardState, split_adam, split_rates, split_sgd
 from optax_split._split import (
     SplitState,
     SplitUpdates,
@@ -42,6 +43,7 @@ __all__ = [
     "Decomposition",
     "Grouped",
     "GroupedState",
+    "GuardState",
     "MeanComponent",
     "NormExcess",
     "SpikeExcess",
@@ -52,6 +54,7 @@ __all__ = [
     "TrendState",
     "UnitExcess",
     "combine",
+    "diagnostics",
     "grouped",
     "mean_component",
     "norm_excess",
