@@ -103,3 +103,12 @@ def test_jit_compatible_and_equal_to_eager(grads, params):
 
 def test_stateless_chains_have_none():
   assert osp.diagnostics(optax.sgd(0.1).init(jnp.zeros(2))) == {}
+
+
+def test_flax_nnx_optimizer_state():
+  nnx = pytest.importorskip("flax.nnx")
+  model = nnx.Linear(4, 1, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, osp.split_adam(1.0, global_share=True), wrt=nnx.Param)
+  got = osp.diagnostics(optimizer.opt_state)
+  assert set(got) == GUARD | {"split/global_share"}
+  assert all(isinstance(v, jax.Array) for v in got.values())
