@@ -129,6 +129,11 @@ def test_mismatched_labels_name_the_argument(params):
     tx.init(params)
 
 
+def test_dict_labels_are_hashable_for_static_use():
+  decomposition = osp.grouped(osp.spike_excess(), {"a": "x", "b": "y"})
+  assert hash(decomposition) == hash(decomposition)
+
+
 def test_misuse_fails_early():
   with pytest.raises(TypeError, match="expects a decomposition"):
     osp.grouped("spike")

@@ -35,7 +35,9 @@ def _path_label(path: tuple[Any, ...]) -> str:
   return jax.tree_util.keystr(path, simple=True, separator="/") or "root"
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: ``param_labels`` may be a dict, which cannot be hashed; two
+# Grouped objects are equal only when they are the same object.
+@dataclasses.dataclass(frozen=True, eq=False)
 class Grouped(base.Decomposition):
   """See :func:`grouped`."""
 
