@@ -129,6 +129,16 @@ def test_mismatched_labels_name_the_argument(params):
     tx.init(params)
 
 
+def test_per_leaf_labels_that_collide_name_the_fix():
+  params = {"a/b": jnp.zeros(2), "a": {"b": jnp.zeros(2)}}
+  with pytest.raises(ValueError, match="same key path label.*`param_labels`"):
+    osp.split(osp.grouped(osp.spike_excess())).init(params)
+  labels = lambda p: jax.tree_util.tree_map_with_path(  # noqa: E731
+      lambda path, _: jax.tree_util.keystr(path), p)
+  state = osp.split(osp.grouped(osp.spike_excess(), labels)).init(params)
+  assert sorted(state.decomposition.groups) == ["['a']['b']", "['a/b']"]
+
+
 def test_dict_labels_are_hashable_for_static_use():
   decomposition = osp.grouped(osp.spike_excess(), {"a": "x", "b": "y"})
   assert hash(decomposition) == hash(decomposition)

@@ -47,7 +47,16 @@ class Grouped(base.Decomposition):
   def _leaf_labels(self, tree: Any) -> list[str]:
     """One string label per leaf of ``tree``, in the order of ``jax.tree.leaves``."""
     if self.param_labels is None:
-      return [_path_label(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+      labels = [_path_label(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+      if len(set(labels)) < len(labels):
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        raise ValueError(
+            f"grouped(): two leaves have the same key path label {twice}, as a key with a "
+            "'/' in it can. Pass `param_labels` to name the groups yourself, e.g. "
+            "param_labels=lambda p: jax.tree_util.tree_map_with_path("
+            "lambda path, _: jax.tree_util.keystr(path), p)."
+        )
+      return labels
     labels = self.param_labels(tree) if callable(self.param_labels) else self.param_labels
     try:
       # Labels may also name whole subtrees, as optax.masked's mask may.
@@ -149,7 +158,7 @@ def grouped(
       int) with the params' structure, or a prefix of it (a label for a whole
       subtree), or a function of the params that returns one. None (the
       default) makes every leaf its own group, labelled by its key path
-      (``"dense/kernel"``).
+      (``"dense/kernel"``; two leaves whose paths read the same are an error).
 
   Returns:
     A :class:`Decomposition` whose state is a :class:`GroupedState`.
