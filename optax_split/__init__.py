@@ -6,7 +6,8 @@ Composable Optax transformations against exploding gradients and loss spikes:
 :func:`split_adam`.
 """
 
-from optax_split._presets import split_adam, split_rates, split_sgd
+from optax_split._diagnostics import diagnostics
+from optax_split._presets import GuardState, split_adam, split_rates, split_sgd
 from optax_split._split import (
     SplitState,
     SplitUpdates,
@@ -19,6 +20,8 @@ from optax_split._split import (
 )
 from optax_split.decompositions import (
     Decomposition,
+    Grouped,
+    GroupedState,
     MeanComponent,
     NormExcess,
     SpikeExcess,
@@ -26,6 +29,7 @@ from optax_split.decompositions import (
     TrendComponent,
     TrendState,
     UnitExcess,
+    grouped,
     mean_component,
     norm_excess,
     spike_excess,
@@ -37,6 +41,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Decomposition",
+    "Grouped",
+    "GroupedState",
+    "GuardState",
     "MeanComponent",
     "NormExcess",
     "SpikeExcess",
@@ -47,6 +54,8 @@ __all__ = [
     "TrendState",
     "UnitExcess",
     "combine",
+    "diagnostics",
+    "grouped",
     "mean_component",
     "norm_excess",
     "on_global",

@@ -1,6 +1,6 @@
 """The reference rates and the ready-made optimizers built on them."""
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +88,19 @@ def split_rates(
   return eta_local, _times(_one_plus(alpha), eta_local)
 
 
+class GuardState(NamedTuple):
+  """State of the presets' guard (see :func:`split_sgd`).
+
+  Its own type tells the guard's statistics from those of a split's
+  decomposition, e.g. for :func:`optax_split.diagnostics`.
+
+  Attributes:
+    decomposition: The guard decomposition's state.
+  """
+
+  decomposition: Any
+
+
 def _drop_global(guard: Decomposition | None) -> optax.GradientTransformation:
   """Keeps only the local part of the guard's split: the step's absolute bound."""
   if guard is None:
@@ -96,14 +109,17 @@ def _drop_global(guard: Decomposition | None) -> optax.GradientTransformation:
     raise TypeError(f"`guard` must be a decomposition such as spike_excess() "
                     f"or None, got {guard!r}.")
 
+  def init_fn(params):
+    return GuardState(guard.init(params))
+
   def update_fn(updates, state, params=None):
     _validation.check_float_leaves(updates, what="updates", caller="The guard")
     updates = _validation.as_arrays(updates)
     params = None if params is None else _validation.as_arrays(params)
-    local, _, state, _ = guard.decompose(updates, state, params)
-    return local, state
+    local, _, inner, _ = guard.decompose(updates, state.decomposition, params)
+    return local, GuardState(inner)
 
-  return optax.GradientTransformation(guard.init, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _decay_weights(weight_decay: jax.typing.ArrayLike) -> optax.GradientTransformation:

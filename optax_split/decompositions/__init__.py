@@ -6,6 +6,7 @@ interface and the helpers they share. Everything public is re-exported from
 """
 
 from optax_split.decompositions.base import Decomposition
+from optax_split.decompositions.grouped import Grouped, GroupedState, grouped
 from optax_split.decompositions.mean import MeanComponent, mean_component
 from optax_split.decompositions.norm_excess import NormExcess, norm_excess
 from optax_split.decompositions.spike_excess import SpikeExcess, SpikeExcessState, spike_excess
@@ -14,6 +15,8 @@ from optax_split.decompositions.unit_excess import UnitExcess, unit_excess
 
 __all__ = [
     "Decomposition",
+    "Grouped",
+    "GroupedState",
     "MeanComponent",
     "NormExcess",
     "SpikeExcess",
@@ -21,6 +24,7 @@ __all__ = [
     "TrendComponent",
     "TrendState",
     "UnitExcess",
+    "grouped",
     "mean_component",
     "norm_excess",
     "spike_excess",

@@ -15,7 +15,8 @@ class SpikeExcessState(NamedTuple):
   """State of :func:`spike_excess`.
 
   Attributes:
-    count: Number of finite steps that fed the statistics (int32).
+    count: Number of steps that fed the statistics (int32): finite ones, and
+      with ``on_spike="skip"`` only those under the threshold.
     norm_mean: Running mean of the (clipped) global norm.
     norm_var: Running variance of the (clipped) global norm.
     cap: The relative cap: ``max_ratio`` times the mean norm of the warm-up
@@ -24,7 +25,7 @@ class SpikeExcessState(NamedTuple):
     norm: The global norm of the updates at the last step, before the guard
       acted (inf or NaN when they were not finite).
     spike_count: Number of steps whose norm exceeded the threshold or was not
-      finite (int32).
+      finite (int32); with ``on_spike="skip"``, the number of skipped steps.
   """
 
   count: jax.Array
@@ -45,6 +46,7 @@ class SpikeExcess(base.Decomposition):
   warmup: int = 25
   max_ratio: float | None = 10.0
   max_norm: float | None = None
+  on_spike: str = "clip"
 
   def init(self, params):
     del params
@@ -91,15 +93,22 @@ class SpikeExcess(base.Decomposition):
         in_warmup, self.max_ratio * mean, state.cap)
 
     spike = (stat_norm > threshold) | ~finite
+    # A skipped step is not fed to the statistics, like a non-finite one.
+    feed = ~spike if self.on_spike == "skip" else finite
     new_state = SpikeExcessState(
-        count=jnp.where(finite, count, state.count),
-        norm_mean=jnp.where(finite, mean, state.norm_mean),
-        norm_var=jnp.where(finite, var, state.norm_var),
-        cap=jnp.where(finite, cap, state.cap),
+        count=jnp.where(feed, count, state.count),
+        norm_mean=jnp.where(feed, mean, state.norm_mean),
+        norm_var=jnp.where(feed, var, state.norm_var),
+        cap=jnp.where(feed, cap, state.cap),
         threshold=threshold,
         norm=stat_norm,
         spike_count=state.spike_count + spike.astype(jnp.int32),
     )
+    if self.on_spike == "skip":
+      # Selects, not products: the local part of a non-finite step is exactly 0.
+      local = jax.tree.map(lambda x: jnp.where(spike, jnp.zeros_like(x), x), updates)
+      global_ = jax.tree.map(lambda x: jnp.where(spike, x, jnp.zeros_like(x)), updates)
+      return local, global_, new_state, spike.astype(base.STAT_DTYPE)
     local, global_ = base.clipped_split(updates, kept)
     return local, global_, new_state, jnp.square(1 - kept).astype(base.STAT_DTYPE)
 
@@ -110,6 +119,8 @@ def spike_excess(
     warmup: int = 25,
     max_ratio: float | None = 10.0,
     max_norm: float | None = None,
+    *,
+    on_spike: str = "clip",
 ) -> SpikeExcess:
   """The part of the updates over an adaptive, z-score threshold on the norm.
 
@@ -135,7 +146,29 @@ def spike_excess(
   and the cap unchanged.
 
   Diagnostics in the state: ``norm`` (seen before clipping), ``threshold`` (in
-  force at the last step), ``cap`` and ``spike_count``.
+  force at the last step), ``cap`` and ``spike_count``; :func:`diagnostics`
+  collects them.
+
+  With ``on_spike="skip"`` a step whose norm exceeds the threshold (or is not
+  finite) is skipped rather than clipped: it becomes wholly global
+  (``local = 0``, ``G = g``), so with ``alpha = -1`` (``scale_global(0.0)``,
+  or as the presets' ``guard``) the step's gradient is dropped, as MaxText's
+  ``skip_step_on_spikes``, Levanter's ``SkipStepConfig`` and axlearn's
+  ``skip_and_clip_by_global_norm`` do. The statistics, the cap and ``count``
+  stay as they were (the skipped norm is not fed to them); ``spike_count``
+  counts the step.
+
+  How it differs from ``optax.apply_if_finite``: that reacts only to NaN and
+  Inf, and then freezes the whole optimizer state. Skipping reacts to a large
+  finite norm too, but only zeroes the gradient: the stages after it still run
+  on the zero gradient, so what they remember still moves the params (the
+  trend of the presets' default decomposition when ``alpha != 0``, momentum,
+  Adam's moments) and their counts advance. With a stateless decomposition and
+  plain SGD the params stay put. The presets' guard keeps only the local part,
+  so a non-finite step becomes a zero gradient there; ``scale_global(0.0)``
+  multiplies instead, and ``0 * NaN`` is NaN. If the norm rises for good past
+  the threshold, every step is skipped (``spike_count`` then grows step by
+  step); ``on_spike="clip"`` keeps training in that case.
 
   Args:
     z: How many standard deviations above the mean a norm may go.
@@ -145,6 +178,9 @@ def spike_excess(
     max_ratio: Cap on the threshold as a multiple of the warm-up's mean norm,
       at least 1, or None for no relative cap.
     max_norm: Optional absolute cap on the threshold, at least 0.
+    on_spike: ``"clip"`` (the default) takes the part over the threshold as
+      ``G``; ``"skip"`` takes the whole step as ``G`` and leaves the statistics
+      unchanged.
 
   Returns:
     A :class:`Decomposition` for :func:`optax_split.split`.
@@ -161,6 +197,17 @@ def spike_excess(
     1.0 1
     >>> print(state.decomposition.norm, state.decomposition.cap)
     50.0 10.0
+
+    Skipping instead of clipping: the spike step is wholly global.
+
+    >>> tx = optax_split.split(optax_split.spike_excess(warmup=3, on_spike="skip"))
+    >>> state = tx.init(jnp.zeros(2))
+    >>> for g in ([1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [30.0, 40.0]):
+    ...   parts, state = tx.update(jnp.array(g), state)
+    >>> print(parts.local, parts.global_, state.decomposition.spike_count)
+    [0. 0.] [30. 40.] 1
+    >>> print(state.decomposition.count)  # the skipped norm did not feed the statistics
+    3
 
   References:
     Kumar et al., `ZClip: Adaptive Spike Mitigation for LLM Pre-Training
@@ -186,4 +233,9 @@ def spike_excess(
     _validation.check_range(
         "max_norm", max_norm, low=0.0, fix="E.g. spike_excess(max_norm=1.0), or None."
     )
-  return SpikeExcess(z, decay, warmup, max_ratio, max_norm)
+  if on_spike not in ("clip", "skip"):
+    raise ValueError(
+        f'`on_spike` must be "clip" or "skip", got {on_spike!r}. E.g. '
+        'spike_excess(on_spike="skip") to skip the whole step on a spike.'
+    )
+  return SpikeExcess(z, decay, warmup, max_ratio, max_norm, on_spike)

@@ -1,0 +1,92 @@
+"""spike_excess(on_spike="skip"): a spike step is dropped whole and not fed to the statistics."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_split as osp
+
+_STATISTICS = ("count", "norm_mean", "norm_var", "cap")
+_CALM = [jnp.array([1.0, 0.0]), jnp.array([0.0, 1.2]), jnp.array([0.8, 0.0])]
+_SPIKE = jnp.array([30.0, 40.0])
+
+
+def _guard_state(state):
+  return state[0][0].decomposition
+
+
+def _train(tx, grads_list, params, guard_state=lambda s: s):
+  """Applies each gradient; returns the params and the guard's state after each step."""
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  history = []
+  for grads in grads_list:
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    history.append((params, guard_state(state)))
+  return history
+
+
+@pytest.mark.parametrize("bad", ["spike", "nan"])
+def test_the_bare_chain_with_alpha_minus_one_skips_the_step(bad):
+  tx = optax.chain(
+      osp.split(osp.spike_excess(warmup=3, on_spike="skip")),
+      osp.scale_local(-0.1), osp.scale_global(0.0), osp.combine(),
+  )
+  spike = _SPIKE if bad == "spike" else jnp.array([1.0, jnp.inf])
+  history = _train(tx, [*_CALM, spike, _CALM[0]], jnp.zeros(2),
+                   guard_state=lambda s: s[0].decomposition)
+  (before, stats_before), (after, stats_after), (last, stats_last) = history[2:]
+  if bad == "spike":
+    chex.assert_trees_all_equal(after, before)
+  for field in _STATISTICS:
+    chex.assert_trees_all_equal(getattr(stats_after, field), getattr(stats_before, field))
+  assert int(stats_after.spike_count) == int(stats_before.spike_count) + 1 == 1
+  assert int(stats_after.count) == 3
+  # The next calm step is taken and fed. (With scale_global(0.0) an Inf still
+  # reaches the params, 0 * Inf being NaN: the presets' guard avoids that.)
+  if bad == "spike":
+    assert not np.array_equal(last, after)
+  assert int(stats_last.count) == 4
+
+
+@pytest.mark.parametrize("decomposition", [osp.mean_component(), osp.norm_excess(1e3)])
+def test_the_presets_guard_skips_the_step(decomposition):
+  tx = osp.split_sgd(1.0, guard=osp.spike_excess(warmup=3, on_spike="skip"),
+                     decomposition=decomposition)
+  params = {"w": jnp.zeros(2)}
+  grads = [{"w": g} for g in (*_CALM, _SPIKE, jnp.array([jnp.nan, 1.0]))]
+  history = _train(tx, grads, params, guard_state=_guard_state)
+  (before, stats_before), (spiked, stats_spiked), (nan, stats_nan) = history[2:]
+  chex.assert_trees_all_equal(spiked, before)
+  chex.assert_trees_all_equal(nan, before)  # a non-finite step is a zero step too
+  for field in _STATISTICS:
+    chex.assert_trees_all_equal(getattr(stats_nan, field), getattr(stats_before, field))
+  assert int(stats_spiked.spike_count) == 1 and int(stats_nan.spike_count) == 2
+  np.testing.assert_allclose(stats_spiked.norm, 50.0)
+
+
+def test_clip_mode_feeds_the_clipped_norm_and_skip_mode_does_not():
+  states = {}
+  for mode in ("clip", "skip"):
+    tx = osp.split(osp.spike_excess(warmup=3, on_spike=mode))
+    state = tx.init(jnp.zeros(2))
+    for g in (*_CALM, _SPIKE):
+      parts, state = tx.update(g, state)
+    states[mode] = (parts, state.decomposition)
+  clip_parts, clip_state = states["clip"]
+  skip_parts, skip_state = states["skip"]
+  assert int(clip_state.count) == 4 and int(skip_state.count) == 3
+  chex.assert_trees_all_equal(skip_parts.local, jnp.zeros(2))
+  chex.assert_trees_all_equal(skip_parts.global_, _SPIKE)
+  np.testing.assert_allclose(optax.tree.norm(clip_parts.local), clip_state.threshold, rtol=1e-6)
+
+
+def test_on_spike_is_validated():
+  with pytest.raises(ValueError, match='`on_spike` must be "clip" or "skip"'):
+    osp.spike_excess(on_spike="drop")
+  with pytest.raises(TypeError):
+    osp.spike_excess(2.5, 0.97, 25, 10.0, None, "skip")
