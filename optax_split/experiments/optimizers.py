@@ -121,8 +121,9 @@ def _preset(factory, options):
   kwargs = _preset_kwargs(options)
 
   def build(rate, weight_decay, **alpha):
+    # The runner logs the global share for the plots, so it is opted in here.
     return factory(rate / LOCAL_FRACTION, local_fraction=LOCAL_FRACTION,
-                   weight_decay=weight_decay, **kwargs, **alpha)
+                   weight_decay=weight_decay, global_share=True, **kwargs, **alpha)
 
   return build
 
