@@ -86,3 +86,19 @@ def test_step_time_rejects_bad_flags(flags):
   )
   assert proc.returncode == 2
   assert flags[0] in proc.stderr
+
+
+def test_seeds_scaling_tiny_mode_reports_every_column(tmp_path):
+  out = tmp_path / "seeds.json"
+  env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "seeds_scaling.py"), "--tiny", "--steps", "4",
+       "--seeds", "2", "--repeats", "1", "--json", str(out)],
+      capture_output=True, text=True, env=env, timeout=600, check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert "| adding, split_sgd, 4, N=2 |" in proc.stdout
+  for key in ("one", "vmap", "map"):
+    assert result["run_s"][key] > 0 and result["compile_s"][key] > 0
+  assert math.isfinite(result["vmap_over_n_x_one"]) and result["separate_runs_s"] > 0
