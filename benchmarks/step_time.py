@@ -15,9 +15,15 @@ the same device.
 devices (simulated CPU devices unless the machine has 8) and compares the
 memory per device; nothing is timed then.
 
+``--gpu`` (or ``benchmarks/gpu.sh``) is the accelerator run: 100M and 300M
+parameters by default, and a second table of the bandwidth each step achieves
+(the bytes it must move over its time) against the measured copy bandwidth and
+the device's nominal memory bandwidth where it is known. Without a GPU it runs
+on the CPU and says so, which is what the tests do with tiny sizes.
+
 Usage:
   python benchmarks/step_time.py --sizes 1000000 10000000 --repeats 40
-  python benchmarks/step_time.py --sizes 100000000 --repeats 20   # on a GPU
+  python benchmarks/step_time.py --gpu                # 100M and 300M params, on a GPU
   python benchmarks/step_time.py --sharded --sizes 10000000
 """
 
@@ -37,6 +43,23 @@ import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 SHARDED_DEVICES = 8
+# --gpu's defaults: large enough that a step is bound by memory, not by launches.
+GPU_SIZES = (100_000_000, 300_000_000)
+GPU_REPEATS = 20
+# Nominal memory bandwidth (bytes/s) of some accelerators, by jax's device_kind.
+PEAK_BANDWIDTH = {
+    "NVIDIA H200": 4.8e12,
+    "NVIDIA H100 80GB HBM3": 3.35e12,
+    "NVIDIA H100 PCIe": 2.0e12,
+    "NVIDIA A100-SXM4-80GB": 2.04e12,
+    "NVIDIA A100-SXM4-40GB": 1.56e12,
+    "NVIDIA A100-PCIE-40GB": 1.56e12,
+    "NVIDIA L4": 0.3e12,
+    "NVIDIA GeForce RTX 4090": 1.01e12,
+    "TPU v4": 1.2e12,
+    "TPU v5 lite": 0.82e12,
+    "TPU v5": 2.76e12,
+}
 # Set in the process that rerun_with_simulated_devices starts, so it cannot loop.
 _RERUN_MARK = "STEP_TIME_SIMULATED_DEVICES"
 
@@ -141,6 +164,8 @@ def bench_case(case: cases.Case, params, grads, repeats: int, warmup: int, bandw
     row[f"{side}_temp_bytes"] = comp.memory_analysis().temp_size_in_bytes
     row[f"{side}_state_bytes"] = tree_bytes(state)
     row[f"{side}_floor_ms"] = 1e3 * floor
+    # The bytes the step must move, over its time: the bandwidth it achieves.
+    row[f"{side}_gbps"] = floor * bandwidth / statistics.median(times) / 1e9
   # The ratio of each back-to-back pair cancels most of the load that other
   # processes put on the machine; its median is the headline number.
   row["ratio"], row["ratio_p10"], row["ratio_p90"] = (
@@ -165,6 +190,23 @@ def print_rows(rows, size: int, bandwidth: float) -> None:
     )
 
 
+def print_bandwidth(rows, size: int, bandwidth: float, device) -> None:
+  """The bandwidth each step achieves, against the copy's and the device's nominal one."""
+  peak = PEAK_BANDWIDTH.get(device.device_kind)
+  peak_text = f"{peak / 1e9:.0f} GB/s nominal" if peak else "nominal bandwidth unknown"
+  print(f"\n## {size:,} params: achieved bandwidth on {device.device_kind} "
+        f"(copy {bandwidth / 1e9:.1f} GB/s, {peak_text})")
+  print("| case | split GB/s | optax GB/s | split/copy | optax/copy | split/nominal "
+        "| optax/nominal |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    nominal = (f"{1e9 * r['split_gbps'] / peak:.2f} | {1e9 * r['optax_gbps'] / peak:.2f}"
+               if peak else "- | -")
+    print(f"| {r['case']} | {r['split_gbps']:.1f} | {r['optax_gbps']:.1f} "
+          f"| {1e9 * r['split_gbps'] / bandwidth:.2f} | {1e9 * r['optax_gbps'] / bandwidth:.2f} "
+          f"| {nominal} |")
+
+
 def selected_cases(args) -> list:
   return [c for c in cases.CASES if not args.cases or any(k in c.name for k in args.cases)]
 
@@ -179,7 +221,10 @@ def run_timed(args) -> list:
     rows = [bench_case(c, params, grads, args.repeats, args.warmup, bandwidth)
             for c in selected_cases(args)]
     print_rows(rows, tree_bytes(params) // 4, bandwidth)
-    results.append({"size": tree_bytes(params) // 4, "bandwidth": bandwidth, "rows": rows})
+    if args.gpu:
+      print_bandwidth(rows, tree_bytes(params) // 4, bandwidth, jax.devices()[0])
+    results.append({"size": tree_bytes(params) // 4, "bandwidth": bandwidth, "rows": rows,
+                    "device_kind": jax.devices()[0].device_kind})
   return results
 
 
@@ -243,9 +288,14 @@ def rerun_with_simulated_devices() -> int:
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000],
-                      help="approximate parameter counts (float32)")
-  parser.add_argument("--repeats", type=int, default=40, help="timed steps of each chain")
+  parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                      help="approximate parameter counts (float32); default 1M and 10M, "
+                           "with --gpu 100M and 300M")
+  parser.add_argument("--repeats", type=int, default=None,
+                      help=f"timed steps of each chain; default 40, with --gpu {GPU_REPEATS}")
+  parser.add_argument("--gpu", action="store_true",
+                      help="the accelerator run: larger default sizes and a table of the "
+                           "bandwidth each step achieves (runs on the CPU where there is no GPU)")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each chain first")
   parser.add_argument("--sharded", action="store_true",
                       help=f"compare memory per device with params sharded over "
@@ -254,6 +304,12 @@ def parse_args(argv=None):
   parser.add_argument("--cases", nargs="+", metavar="TEXT",
                       help="only the cases whose name contains one of these, e.g. --cases trend")
   args = parser.parse_args(argv)
+  if args.gpu and args.sharded:
+    parser.error("--gpu times the steps and --sharded only compiles them: pass one of them")
+  if args.sizes is None:
+    args.sizes = list(GPU_SIZES) if args.gpu else [1_000_000, 10_000_000]
+  if args.repeats is None:
+    args.repeats = GPU_REPEATS if args.gpu else 40
   if args.cases and not selected_cases(args):
     parser.error(f"--cases {' '.join(args.cases)} matches none of: "
                  + ", ".join(c.name for c in cases.CASES))
@@ -272,6 +328,9 @@ def main(argv=None) -> int:
     return rerun_with_simulated_devices()
   print(f"jax {jax.__version__}, optax {optax.__version__}, device: {jax.devices()[0].device_kind}"
         f" x {jax.device_count()}")
+  if args.gpu and jax.default_backend() != "gpu":
+    print(f"--gpu: no GPU here, running on {jax.default_backend()} (a test of the script, "
+          "not a GPU measurement)")
   results = run_sharded(args) if args.sharded else run_timed(args)
   if args.json:
     with open(args.json, "w") as f:

@@ -172,7 +172,7 @@ def split_sgd(
     momentum: jax.typing.ArrayLike | None = None,
     nesterov: bool = False,
     weight_decay: jax.typing.ArrayLike = 0.0,
-    global_share: bool = True,
+    global_share: bool = False,
 ) -> optax.GradientTransformation:
   """SGD on the split gradient: the step is ``-eta_local * (g + alpha * G)``.
 
@@ -194,14 +194,14 @@ def split_sgd(
     momentum: Optional heavy-ball momentum after the split.
     nesterov: Use Nesterov momentum.
     weight_decay: Decoupled weight decay, scaled by ``eta_local``.
-    global_share: Whether to keep the ``global_share`` diagnostic, which costs
-      the default decomposition two passes over the gradient (see
-      :func:`optax_split.split`).
+    global_share: Whether to keep the ``global_share`` diagnostic. Off by
+      default: for the default decomposition it costs extra reductions over
+      the gradient (see :func:`optax_split.split`).
 
   Returns:
     An ``optax.GradientTransformation``; its state holds the diagnostics
-    ``global_share`` (None with ``global_share=False``), ``threshold`` and
-    ``spike_count`` (``optax.tree.get``).
+    ``threshold`` and ``spike_count``, and ``global_share`` (None unless
+    ``global_share=True``); read them with ``optax.tree.get``.
 
   Example:
     >>> import jax
@@ -241,7 +241,7 @@ def split_adam(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     weight_decay: jax.typing.ArrayLike = 0.0,
-    global_share: bool = True,
+    global_share: bool = False,
 ) -> optax.GradientTransformation:
   """Adam on the split-and-reweighted gradient.
 

@@ -11,30 +11,32 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEP_TIME = ROOT / "benchmarks" / "step_time.py"
+GPU = ROOT / "benchmarks" / "gpu.sh"
 
 # One row per comparison; a row that disappears from the script fails here.
 EXPECTED_CASES = (
     "norm_excess",
     "mean_component",
-    "mean_component, global_share=False",
+    "mean_component, global_share=True",
     "unit_excess",
     "trend_component",
-    "trend_component, global_share=False",
+    "trend_component, global_share=True",
     "spike_excess",
     "split_sgd(norm_excess, alpha=-1)",
     "split_adam(norm_excess, alpha=-1)",
     "split_sgd (defaults)",
     "split_adam (defaults)",
-    "split_sgd (defaults, global_share=False)",
-    "split_adam (defaults, global_share=False)",
+    "split_sgd (defaults, global_share=True)",
+    "split_adam (defaults, global_share=True)",
 )
 
 
-def _run(tmp_path, *flags):
+def _run(tmp_path, *flags, command=(sys.executable, str(STEP_TIME))):
   out = tmp_path / "results.json"
-  env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+             PYTHON=sys.executable)
   proc = subprocess.run(
-      [sys.executable, str(STEP_TIME), "--sizes", "10000", *flags, "--json", str(out)],
+      [*command, "--sizes", "10000", *flags, "--json", str(out)],
       capture_output=True, text=True, env=env, timeout=600, check=False,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,16 +61,44 @@ def test_step_time_tiny_mode_reports_every_row(tmp_path):
   assert results[0]["bandwidth"] > 0
 
 
+def test_gpu_script_runs_its_cpu_path(tmp_path):
+  stdout, results = _run(tmp_path, "--repeats", "2", "--warmup", "1", "--cases", "trend",
+                         command=("bash", str(GPU)))
+  rows = results[0]["rows"]
+  assert [row["case"] for row in rows] == [c for c in EXPECTED_CASES if "trend" in c]
+  assert "no GPU here" in stdout and "achieved bandwidth" in stdout
+  for row in rows:
+    assert f"| {row['case']} | {row['split_gbps']:.1f} |" in stdout
+    assert row["split_gbps"] > 0 and row["optax_gbps"] > 0
+
+
 def test_step_time_sharded_mode_reports_every_row(tmp_path):
   stdout, results = _run(tmp_path, "--sharded")
   _assert_every_row(stdout, results, ("state_bytes", "temp_bytes", "total_bytes"))
   assert results[0]["devices"] == 8
 
 
-@pytest.mark.parametrize("flags", [["--sizes", "0"], ["--repeats", "0"], ["--warmup", "-1"]])
+@pytest.mark.parametrize("flags", [["--sizes", "0"], ["--repeats", "0"], ["--warmup", "-1"],
+                                   ["--gpu", "--sharded"]])
 def test_step_time_rejects_bad_flags(flags):
   proc = subprocess.run(
       [sys.executable, str(STEP_TIME), *flags], capture_output=True, text=True, check=False
   )
   assert proc.returncode == 2
   assert flags[0] in proc.stderr
+
+
+def test_seeds_scaling_tiny_mode_reports_every_column(tmp_path):
+  out = tmp_path / "seeds.json"
+  env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "seeds_scaling.py"), "--tiny", "--steps", "4",
+       "--seeds", "2", "--repeats", "1", "--json", str(out)],
+      capture_output=True, text=True, env=env, timeout=600, check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert "| adding, split_sgd, 4, N=2 |" in proc.stdout
+  for key in ("one", "vmap", "map"):
+    assert result["run_s"][key] > 0 and result["compile_s"][key] > 0
+  assert math.isfinite(result["vmap_over_n_x_one"]) and result["separate_runs_s"] > 0

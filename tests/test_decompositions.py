@@ -25,7 +25,7 @@ TOLERANCE = {"float16": 2e-3, "bfloat16": 2e-2, "float32": 1e-6, "float64": 1e-1
 
 
 def _split_parts(decomposition, updates, params, steps=1):
-  tx = osp.split(decomposition)
+  tx = osp.split(decomposition, global_share=True)
   state = tx.init(params)
   for _ in range(steps):
     parts, state = tx.update(updates, state, params)
@@ -77,7 +77,7 @@ def test_branches_keep_structure_shape_and_dtype(name, dtype, use_jit):
   with dtype_context(dtype) as dt:
     params = model_tree(jax.random.PRNGKey(0), dt)
     grads = model_tree(jax.random.PRNGKey(1), dt)
-    tx = osp.split(DECOMPOSITIONS[name])
+    tx = osp.split(DECOMPOSITIONS[name], global_share=True)
     update = tx.update
     chex.clear_trace_counter()
     if use_jit:

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import pytest
 
 from optax_split.experiments import cli
@@ -42,3 +43,26 @@ def test_compare_writes_table_json_markdown_and_plots(tmp_path, capsys):
 def test_bad_input_exits_with_a_message(argv, message, capsys):
   with pytest.raises(SystemExit, match=message):
     cli.main(["compare", *argv])
+
+
+def test_compare_keeps_compiled_programs_in_the_cache_folder(tmp_path, monkeypatch):
+  cache = tmp_path / "cache"
+  monkeypatch.setenv(cli.CACHE_ENV, str(cache))
+  assert cli.cache_dir() == cache
+  before = jax.config.jax_compilation_cache_dir
+  cli.main([*TINY, "--optimizers", "sgd", "--out", str(tmp_path / "run")])
+  assert any(cache.iterdir())  # The training program, at least.
+  assert jax.config.jax_compilation_cache_dir == before  # Restored for the caller.
+
+
+def test_no_cache_leaves_the_cache_folder_alone(tmp_path, monkeypatch):
+  cache = tmp_path / "cache"
+  monkeypatch.setenv(cli.CACHE_ENV, str(cache))
+  cli.main([*TINY, "--optimizers", "sgd", "--out", str(tmp_path / "run"), "--no-cache"])
+  assert not cache.exists()
+
+
+def test_cache_folder_defaults_to_the_user_cache(monkeypatch, tmp_path):
+  monkeypatch.delenv(cli.CACHE_ENV, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  assert cli.cache_dir() == tmp_path / "optax-split" / "jax"

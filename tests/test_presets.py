@@ -80,7 +80,7 @@ def test_alpha_may_be_traced(grads, params):
 
 
 def test_presets_expose_their_diagnostics(grads, params):
-  for tx in (osp.split_sgd(1.0), osp.split_adam(1.0)):
+  for tx in (osp.split_sgd(1.0, global_share=True), osp.split_adam(1.0, global_share=True)):
     _, state = tx.update(grads, tx.init(params), params)
     for name in ("global_share", "threshold", "spike_count"):
       chex.assert_shape(optax.tree.get(state, name), ())

@@ -53,6 +53,13 @@ def test_global_share_off_keeps_the_updates_and_drops_the_diagnostic(name, use_j
   chex.assert_type(share, jnp.float32)
 
 
+def test_global_share_is_opt_in():
+  params, grads = _params_and_grads()
+  for tx in (osp.split(osp.trend_component()), osp.split_sgd(1.0), osp.split_adam(1.0)):
+    _, state = tx.update(grads, tx.init(params), params)
+    assert optax.tree.get(state, "global_share") is None
+
+
 def test_global_share_must_be_a_bool():
   with pytest.raises(TypeError, match="global_share.*global_share=False"):
     osp.split(osp.norm_excess(1.0), global_share=1)
@@ -60,7 +67,7 @@ def test_global_share_must_be_a_bool():
 
 def test_unit_excess_share_is_the_ratio_of_squared_norms():
   params, grads = _params_and_grads()
-  tx = osp.split(osp.unit_excess(0.01))
+  tx = osp.split(osp.unit_excess(0.01), global_share=True)
   parts, state = tx.update(grads, tx.init(params), params)
   expected = optax.tree.norm(parts.global_, squared=True) / optax.tree.norm(grads, squared=True)
   chex.assert_trees_all_close(optax.tree.get(state, "global_share"), expected, rtol=1e-5)
@@ -104,7 +111,7 @@ def test_trend_step_updates_its_average_in_place():
 @pytest.mark.parametrize("preset", [osp.split_sgd, osp.split_adam])
 def test_presets_pass_global_share_on(preset):
   params, grads = _params_and_grads()
-  with_share, without = preset(1.0), preset(1.0, global_share=False)
+  with_share, without = preset(1.0, global_share=True), preset(1.0)
   state_on, state_off = with_share.init(params), without.init(params)
   for _ in range(3):
     updates_on, state_on = jax.jit(with_share.update)(grads, state_on, params)

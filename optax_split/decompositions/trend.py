@@ -34,15 +34,20 @@ class TrendComponent(base.Decomposition):
 
   def decompose(self, updates, state, params):
     del params
+    # Like Grokfast, the average starts at the first gradient, not at zero: the
+    # weights are scalars, (0, 1) at the first step (when the average is still
+    # init's zeros) and (decay, 1 - decay) after it, so no per-element select
+    # is spent on the start.
     first = state.count == 0
 
     def leaf(g, m):
-      # Like Grokfast, the average starts at the first gradient, not at zero.
-      previous = jnp.where(first, g.astype(m.dtype), m)
-      new = (self.decay * previous + (1 - self.decay) * g).astype(m.dtype)
+      keep = jnp.where(first, 0, jnp.asarray(self.decay, m.dtype))
+      take = jnp.where(first, 1, jnp.asarray(1 - self.decay, m.dtype))
+      new = keep * m + take * g.astype(m.dtype)
       # A non-finite element must not poison its average for later steps. The
-      # guard is per element, so the step reads the old average once and XLA
-      # updates it in place: no extra pass over the updates to test them first.
+      # guard is per element (one compare and one select in the loop that
+      # updates the average anyway), so the step reads the old average once,
+      # XLA updates it in place, and no extra pass tests the updates first.
       return jnp.where(jnp.isfinite(g), new, m)
 
     trend = jax.tree.map(leaf, updates, state.trend)

@@ -1,12 +1,17 @@
 """The command line: ``optax-split compare --task adding ...``."""
 
 import argparse
+import contextlib
 import json
+import os
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import jax
 import tqdm
+from jax.experimental.compilation_cache import compilation_cache
 
 from optax_split.experiments import optimizers, plots, report, runner, suite, tasks
 
@@ -16,6 +21,58 @@ _TASK_OPTIONS = {
     "depth": int, "width": int, "classes": int, "data_dir": str, "max_train": int,
     "p": int, "operation": str, "model": str, "context": int, "corpus_dir": str,
 }
+
+
+# JAX's persistent compilation cache: where the compiled programs are kept between runs.
+CACHE_ENV = "OPTAX_SPLIT_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+  """The compilation cache folder: ``$OPTAX_SPLIT_CACHE_DIR``, else ``~/.cache/optax-split/jax``.
+
+  ``~/.cache`` is ``$XDG_CACHE_HOME`` where that is set.
+
+  Example:
+    >>> import os
+    >>> os.environ["OPTAX_SPLIT_CACHE_DIR"] = "/tmp/my-cache"
+    >>> print(cache_dir())
+    /tmp/my-cache
+    >>> del os.environ["OPTAX_SPLIT_CACHE_DIR"]
+  """
+  if os.environ.get(CACHE_ENV):
+    return Path(os.environ[CACHE_ENV]).expanduser()
+  base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+  return base / "optax-split" / "jax"
+
+
+@contextlib.contextmanager
+def compilation_cache_at(path: Path | None) -> Iterator[None]:
+  """Keeps every compiled program in JAX's persistent cache at ``path`` (None: no cache).
+
+  The experiments' programs take seconds to compile on a CPU and a second run
+  of the same command compiles the same programs, so a cached run only trains.
+  Small programs are cached too (no minimum compile time or size). JAX's
+  previous settings are restored afterwards.
+  """
+  if path is None:
+    yield
+    return
+  options = {
+      "jax_compilation_cache_dir": str(path),
+      "jax_persistent_cache_min_compile_time_secs": 0.0,
+      "jax_persistent_cache_min_entry_size_bytes": -1,
+  }
+  previous = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  # JAX decides once per process whether to use the cache: decide again now.
+  compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    for name, value in previous.items():
+      jax.config.update(name, value)
+    compilation_cache.reset_cache()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="learning rates of the Adam-like optimizers")
   compare.add_argument("--out", type=Path, default=None, help="default: runs/TASK")
   compare.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  _add_cache_flag(compare)
   task_options = compare.add_argument_group("task options (each task takes some)")
   task_options.add_argument("--length", type=int, help="adding: sequence length")
   task_options.add_argument("--hidden", type=int, help="adding: RNN units; grokking: MLP units")
@@ -76,7 +134,15 @@ def _parser() -> argparse.ArgumentParser:
                          help="tiny models and few steps: checks the pipeline in about a minute")
   run_suite.add_argument("--out", type=Path, required=True)
   run_suite.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  _add_cache_flag(run_suite)
   return parser
+
+
+def _add_cache_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+      "--no-cache", action="store_true",
+      help="do not keep compiled programs in JAX's persistent compilation cache (by default "
+      f"${CACHE_ENV}, else ~/.cache/optax-split/jax), so every run compiles again")
 
 
 def _make_task(args: argparse.Namespace) -> tasks.Task:
@@ -177,4 +243,5 @@ def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = _parser().parse_args(argv)
   command = "optax-split " + shlex.join(argv)
-  print(run_suite(args, command) if args.command == "suite" else compare(args, command))
+  with compilation_cache_at(None if args.no_cache else cache_dir()):
+    print(run_suite(args, command) if args.command == "suite" else compare(args, command))

@@ -199,8 +199,9 @@ def _preset(factory, options, adaptive):
   kwargs = _preset_kwargs(options)
 
   def build(rate, weight_decay, **more):
+    # The runner logs the global share for the plots, so it is opted in here.
     return factory(_over_local_fraction(rate), local_fraction=LOCAL_FRACTION,
-                   weight_decay=weight_decay, **kwargs, **more)
+                   weight_decay=weight_decay, global_share=True, **kwargs, **more)
 
   if not adaptive:
     return build

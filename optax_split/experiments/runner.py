@@ -59,12 +59,11 @@ def eval_interval(steps: int, every: int) -> int:
   return max(d for d in range(1, min(steps, every) + 1) if steps % d == 0)
 
 
-def make_program(task: Task, spec: OptimizerSpec, steps: int):
-  """A jitted ``program(hparams, seed_keys, data) -> logs`` for one optimizer.
+def one_run_fn(task: Task, spec: OptimizerSpec, steps: int):
+  """``one_run(hparams, seed_key, data) -> (logs, metrics)``: one seed at one grid point.
 
-  ``hparams`` maps each grid name (``rate`` first) to a ``(configs,)`` array
-  and ``seed_keys`` is ``(seeds, 2)``; every output has leading axes
-  ``(configs, seeds)``.
+  ``hparams`` maps each grid name to a scalar; the logs ``(loss, grad_norm,
+  global_share)`` have shape ``(steps,)`` and the metrics ``(evals,)``.
   """
   every = eval_interval(steps, task.eval_every)
   shape = task.schedule(steps) if task.schedule is not None else None
@@ -105,6 +104,23 @@ def make_program(task: Task, spec: OptimizerSpec, steps: int):
     flat = lambda x: x.reshape(-1)  # noqa: E731  (evals, every) -> steps
     return jax.tree.map(flat, logs), metrics, init_val
 
+  return one_run
+
+
+def make_program(task: Task, spec: OptimizerSpec, steps: int):
+  """A jitted ``program(hparams, seed_keys, data) -> logs`` for one optimizer.
+
+  ``hparams`` maps each grid name (``rate`` first) to a ``(configs,)`` array
+  and ``seed_keys`` is ``(seeds, 2)``; every output has leading axes
+  ``(configs, seeds)``.
+
+  The runs are batched with ``jax.vmap``. On a CPU the small models of the
+  tasks are bound by the cost of launching their many small operations, not
+  by arithmetic, so batching runs is what makes them cheap: ``jax.lax.map``
+  (one run after the other in the same program) took 1.8-2.6x as long
+  (``benchmarks/seeds_scaling.py`` and ``benchmarks/README.md``).
+  """
+  one_run = one_run_fn(task, spec, steps)
   over_seeds = jax.vmap(one_run, in_axes=(None, 0, None))
   return jax.jit(jax.vmap(over_seeds, in_axes=(0, None, None)))
 
