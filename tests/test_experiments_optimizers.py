@@ -98,11 +98,24 @@ def test_weight_decay_is_decoupled_and_scaled_by_the_rate():
   chex.assert_trees_all_close(got, jax.tree.map(lambda p: -0.1 * 0.5 * p, PARAMS))
 
 
+def test_grouped_guard_keeps_statistics_per_module():
+  params = {"params": {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+                       "Dense_1": {"kernel": jnp.ones((2, 1))}}}
+  spec = optimizers.get("split_adam:grouped=module")
+  tx = spec.build(0.01, 0.0, b2=0.999)
+  _, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  logs = osp.diagnostics(state)
+  assert {"guard/Dense_0/norm", "guard/Dense_1/norm"} <= set(logs)
+  chex.assert_trees_all_close(logs["guard/Dense_0/norm"], jnp.sqrt(6.0))
+
+
 @pytest.mark.parametrize("name, message", [
     ("lion", "Unknown optimizer 'lion'"),
     ("sgd:max_norm=1", "sgd has no option 'max_norm'; it takes \\['weight_decay'\\]"),
     ("sgd_clip:max_norm", "Bad option 'max_norm'.*key=value"),
     ("split_adam:decomposition=spike", "Unknown decomposition='spike'"),
+    ("split_adam:grouped=layer", "Unknown grouped='layer'"),
+    ("split_adam:guard=zclip", "Unknown guard='zclip'"),
 ])
 def test_bad_names_say_what_is_accepted(name, message):
   with pytest.raises(ValueError, match=message):

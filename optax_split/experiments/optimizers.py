@@ -20,7 +20,8 @@ or ``sgd_clip:max_norm=1``. An option that names a grid hyperparameter fixes
 it or sets its grid (``sgd_clip:max_norm=0.1/1``); the presets take ``alpha``
 (a grid too: ``alpha=1/3``), ``decomposition`` (``trend`` or ``mean``),
 ``decay`` (of the trend), ``z``, ``ratio`` and ``cap`` (the guard's z-score,
-relative cap and absolute cap; ``none`` turns a cap off), ``guard=none`` and
+relative cap and absolute cap; ``none`` turns a cap off), ``grouped`` (the
+guard's statistics per Flax ``module`` or per ``tensor``), ``guard=none`` and
 ``weight_decay``.
 """
 
@@ -169,22 +170,54 @@ def _preset_kwargs(options: dict[str, str]) -> dict:
       )
   else:
     raise ValueError(f"Unknown decomposition={kind!r}: use decomposition=trend or =mean.")
-  if options.pop("guard", None) == "none":
+  guard = options.pop("guard", None)
+  if guard == "none":
     kwargs["guard"] = None
-  elif {"z", "cap", "ratio"} & set(options):
+  elif guard is not None:
+    raise ValueError(f"Unknown guard={guard!r}: only guard=none turns the guard off.")
+  elif {"z", "cap", "ratio", "grouped"} & set(options):
     default = _presets.DEFAULT_GUARD
     cap, ratio = options.pop("cap", default.max_norm), options.pop("ratio", default.max_ratio)
-    kwargs["guard"] = osp.spike_excess(
+    kwargs["guard"] = _grouped(options.pop("grouped", None), osp.spike_excess(
         z=float(options.pop("z", default.z)), decay=default.decay, warmup=default.warmup,
         max_ratio=None if ratio in (None, "none") else float(ratio),
         max_norm=None if cap in (None, "none") else float(cap),
-    )
+    ))
   if options:
     raise ValueError(
         f"Unknown option(s) {sorted(options)} for a preset; use alpha, decomposition, "
-        "decay, z, ratio, cap, guard or weight_decay, e.g. split_sgd:alpha=3,decay=0.98."
+        "decay, z, ratio, cap, grouped, guard or weight_decay, e.g. "
+        "split_sgd:alpha=3,decay=0.98."
     )
   return kwargs
+
+
+def module_labels(params) -> dict:
+  """Each leaf labelled by its Flax module: the first key under ``"params"``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> params = {"params": {"Block_0": {"Dense_0": {"kernel": jnp.ones(2)}},
+    ...                      "Embed_0": {"embedding": jnp.ones(2)}}}
+    >>> print(module_labels(params))
+    {'params': {'Block_0': {'Dense_0': {'kernel': 'Block_0'}}, 'Embed_0': {'embedding': 'Embed_0'}}}
+  """
+  def label(path, _):
+    keys = [getattr(k, "key", str(k)) for k in path]
+    return str(keys[1] if keys[0] == "params" and len(keys) > 1 else keys[0])
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _grouped(kind: str | None, guard: osp.Decomposition) -> osp.Decomposition:
+  """The guard with its statistics per module (``module``) or per tensor (``tensor``)."""
+  if kind is None:
+    return guard
+  if kind == "module":
+    return osp.grouped(guard, module_labels)
+  if kind == "tensor":
+    return osp.grouped(guard)
+  raise ValueError(f"Unknown grouped={kind!r}: use grouped=module or grouped=tensor.")
 
 
 def _over_local_fraction(rate):
