@@ -40,7 +40,9 @@ DECOMPOSITIONS = {
 def bare_chain(decomposition):
   eta_local, eta_global = osp.split_rates(0.1, alpha=1.0)
   return optax.chain(
-      osp.split(decomposition), osp.scale_local(-eta_local), osp.scale_global(-eta_global),
+      # The diagnostic on: its scalar must be replicated like the statistics.
+      osp.split(decomposition, global_share=True), osp.scale_local(-eta_local),
+      osp.scale_global(-eta_global),
       osp.combine(),
   )
 

@@ -48,8 +48,9 @@ def test_grouped_guard_names_each_group(grads, params):
 
 def test_nested_splits_are_numbered_in_chain_order(grads, params):
   tx = optax.chain(
-      osp.split(osp.spike_excess()),
-      osp.on_local(optax.chain(osp.split(osp.norm_excess(1.0)), osp.combine())),
+      osp.split(osp.spike_excess(), global_share=True),
+      osp.on_local(optax.chain(osp.split(osp.norm_excess(1.0), global_share=True),
+                               osp.combine())),
       osp.combine(),
       osp.split(osp.mean_component(), global_share=False),
       osp.combine(),

@@ -46,7 +46,8 @@ def test_grid_is_the_product_of_rates_and_hyperparameters():
 
 def test_split_presets_log_the_global_share(task, sgd_runs):
   runs = runner.train(task, optimizers.get("split_sgd"), (0.01,), seeds=2, steps=4)
-  assert ((runs.global_share >= 0) & (runs.global_share <= 1)).all()
+  # ||G||^2 / ||g||^2: the trend may be longer than a shrinking gradient, so no bound of 1.
+  assert (np.isfinite(runs.global_share) & (runs.global_share >= 0)).all()
   assert runs.global_share[..., 1:].max() > 0  # The trend differs from the gradient.
   assert np.isnan(sgd_runs.global_share).all()  # Plain SGD does not split.
 

@@ -78,7 +78,8 @@ def test_one_group_is_bit_identical_to_the_inner_decomposition(name, jit, params
 def test_global_share_combines_the_groups(params, grads):
   grads = dict(grads, dense=jax.tree.map(lambda x: 10 * x, grads["dense"]))
   tx = osp.split(osp.grouped(osp.norm_excess(max_norm=1.0), {"conv": "a", "dense": "b",
-                                                              "scalar": "a"}))
+                                                              "scalar": "a"}),
+                 global_share=True)
   parts, state = tx.update(grads, tx.init(params), params)
   want = optax.tree.norm(parts.global_, squared=True) / optax.tree.norm(grads, squared=True)
   np.testing.assert_allclose(state.global_share, want, rtol=1e-5)

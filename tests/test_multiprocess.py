@@ -179,7 +179,10 @@ def test_the_spike_statistics_ran_past_their_warm_up(runs, case):
     for stat in ("norm_mean", "norm_var", "spike_count"):
       assert prefix + stat in scalars
     assert _value(scalars[prefix + "count"][0]) == helper.STEPS  # Warm-ups are 5 and 25.
-    assert _value(scalars[prefix + "spike_count"][0]) > 0
+    # With warm-up 5 the threshold acts on 25 steps, large batches among them; the presets'
+    # guard (warm-up 25, cap 10x the warm-up's mean) need not clip any of the last 5.
+    if case.startswith("bare_chain"):
+      assert _value(scalars[prefix + "spike_count"][0]) > 0
 
 
 @pytest.mark.parametrize("case", CASES)
