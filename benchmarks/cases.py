@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_split as osp
+from optax_split.experiments.optimizers import grokfast_ema
 
 # The effective step size (the presets' local rate); the timing does not depend on it.
 LEARNING_RATE = 1e-3
@@ -46,27 +47,6 @@ class Case:
   build_split: Callable[[], optax.GradientTransformation]
   build_optax: Callable[[], optax.GradientTransformation]
   same_step: bool
-
-
-def grokfast_ema(decay: float, lamb: float) -> optax.GradientTransformation:
-  """Grokfast-EMA written with plain optax: ``g + lamb * m``, ``m`` the EMA of ``g``.
-
-  As in the reference code the average starts at the first gradient. Optax has
-  no transformation that adds a slow average back onto the gradient, so this is
-  the short custom one a user would write; its state is ``optax.EmaState``.
-  """
-  ema = optax.ema(decay, debias=False)
-
-  def update_fn(updates, state, params=None):
-    del params
-    first = state.count == 0
-    ema_state = state._replace(
-        ema=jax.tree.map(lambda g, m: jnp.where(first, g, m), updates, state.ema)
-    )
-    slow, ema_state = ema.update(updates, ema_state)
-    return jax.tree.map(lambda g, m: g + lamb * m, updates, slow), ema_state
-
-  return optax.GradientTransformation(ema.init, update_fn)
 
 
 def _bare(
