@@ -1,5 +1,6 @@
 """Small numerical helpers shared by the decompositions and transformations."""
 
+import functools
 from typing import Any
 
 import jax
@@ -31,6 +32,29 @@ def tree_squared_norm(tree: Any) -> jax.Array:
   if not leaves:
     return jnp.zeros([], jnp.float32)
   return sum(squared_norm(leaf) for leaf in leaves)
+
+
+def tree_norm(tree: Any) -> jax.Array:
+  """Global norm of a pytree that stays finite when only its square overflows.
+
+  A finite gradient of norm above about 1.8e19 overflows the float32 sum of
+  squares; only then (``lax.cond``: no cost on other steps) the norm is taken
+  again from the elements scaled by their largest magnitude. It is inf or NaN
+  exactly when an element is, or when the norm itself exceeds the dtype's range.
+  """
+  squared = tree_squared_norm(tree)
+
+  def rescaled() -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    dtype = squared.dtype
+    largest = functools.reduce(
+        jnp.maximum, [jnp.max(jnp.abs(leaf)).astype(dtype) for leaf in leaves if leaf.size],
+        jnp.zeros([], dtype))
+    scale = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1)
+    scaled = sum(squared_norm(leaf.astype(dtype) / scale) for leaf in leaves)
+    return jnp.where(jnp.isfinite(largest), scale * jnp.sqrt(scaled), largest + squared)
+
+  return jax.lax.cond(squared == jnp.inf, rescaled, lambda: jnp.sqrt(squared))
 
 
 def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
