@@ -2,12 +2,13 @@
 
 Composable Optax transformations against exploding gradients and loss spikes:
 :func:`split` a gradient with a decomposition, scale or transform each branch,
-:func:`combine` the branches again; or use the presets :func:`split_sgd` and
-:func:`split_adam`.
+:func:`combine` the branches again; split the step any optimizer makes with
+:func:`split_step`; or use the presets :func:`split_sgd` and :func:`split_adam`.
 """
 
 from optax_split._diagnostics import diagnostics
 from optax_split._presets import GuardState, split_adam, split_rates, split_sgd
+from optax_split._slow_trend import SlowTrendAdamState
 from optax_split._split import (
     SplitState,
     SplitUpdates,
@@ -18,6 +19,7 @@ from optax_split._split import (
     scale_local,
     split,
 )
+from optax_split._step import split_step
 from optax_split.decompositions import (
     Decomposition,
     Grouped,
@@ -37,7 +39,7 @@ from optax_split.decompositions import (
     unit_excess,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Decomposition",
@@ -48,6 +50,7 @@ __all__ = [
     "NormExcess",
     "SpikeExcess",
     "SpikeExcessState",
+    "SlowTrendAdamState",
     "SplitState",
     "SplitUpdates",
     "TrendComponent",
@@ -67,6 +70,7 @@ __all__ = [
     "split_adam",
     "split_rates",
     "split_sgd",
+    "split_step",
     "trend_component",
     "unit_excess",
 ]

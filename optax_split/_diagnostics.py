@@ -56,7 +56,9 @@ def diagnostics(state: Any) -> dict[str, jax.Array]:
     ``guard/cap`` and ``guard/spike_count``.
   - ``split/...``: a :func:`split`: ``split/global_share`` (unless it was
     turned off), and the quantities of its decomposition as above, e.g.
-    ``split/threshold`` for ``split(spike_excess())``.
+    ``split/threshold`` for ``split(spike_excess())``. In the presets and
+    :func:`split_step` the split is the step's, and ``split/global_share`` is
+    the share of the step (squared norm) that it cut.
   - ``decomposition/...``: a decomposition's state held by some other
     transformation.
 
@@ -81,16 +83,17 @@ def diagnostics(state: Any) -> dict[str, jax.Array]:
   Example:
     >>> import jax.numpy as jnp
     >>> import optax_split as osp
-    >>> tx = osp.split_sgd(learning_rate=0.1, global_share=True)
-    >>> params = {"w": jnp.ones(3)}
-    >>> _, state = tx.update({"w": jnp.array([3.0, 4.0, 0.0])}, tx.init(params), params)
+    >>> tx = osp.split_sgd(learning_rate=100.0)
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> grads = {"w": jnp.array([[3.0, 0.0], [4.0, 0.0], [0.0, 0.0]])}
+    >>> _, state = tx.update(grads, tx.init(params), params)
     >>> for name, value in osp.diagnostics(state).items():
     ...   print(name, value)
     guard/cap 50.0
     guard/norm 5.0
     guard/spike_count 0
     guard/threshold inf
-    split/global_share 1.0
+    split/global_share 0.9...
   """
   nodes = [_role(node) for node in _find(state)]
   seen: dict[str, int] = {}

@@ -7,30 +7,19 @@ import jax.numpy as jnp
 import optax
 
 from optax_split import _validation
-from optax_split._split import combine, scale_global, split
-from optax_split.decompositions import (
-  Decomposition,
-  spike_excess,
-  trend_component,
-)
+from optax_split._slow_trend import scale_by_adam_with_slow_trend
+from optax_split._step import DEFAULT_STEP_DECOMPOSITION, check_alpha, one_plus, reweight
+from optax_split.decompositions import Decomposition, spike_excess
 
-# The presets' defaults; README.md ("Choosing the defaults") shows the
-# benchmark evidence behind them. The split is Grokfast-EMA's reference
-# setting (EMA decay 0.98, lambda 2) for both presets.
-DEFAULT_ALPHA = 2.0
-DEFAULT_DECOMPOSITION = trend_component(decay=0.98)
-# No absolute gradient-norm number: the guard's cap is a multiple of the run's
-# own warm-up norms.
+# The presets' defaults; README.md ("Choosing the defaults") shows the suite's
+# evidence behind them. The split sits on the step, after the optimizer and the
+# rate: the part of each kernel unit's step over 1% of its weight norm is
+# dropped (alpha = -1).
+DEFAULT_ALPHA = -1.0
+DEFAULT_DECOMPOSITION = DEFAULT_STEP_DECOMPOSITION
+# No absolute gradient-norm number: the guard's bound follows the run's own
+# recent norms.
 DEFAULT_GUARD = spike_excess()
-
-
-def _check_alpha(alpha: Any) -> None:
-  if callable(alpha):
-    return
-  _validation.check_range(
-      "alpha", alpha, low=-1.0,
-      fix="alpha = -1 drops the global component, 0 is plain SGD, > 0 amplifies it.",
-  )
 
 
 def _check_local_fraction(local_fraction: Any) -> None:
@@ -47,10 +36,6 @@ def _times(factor: Any, rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
     factor_fn, rate_fn = as_schedule(factor), as_schedule(rate)
     return lambda count: factor_fn(count) * rate_fn(count)
   return factor * rate
-
-
-def _one_plus(alpha: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
-  return (lambda count: 1 + alpha(count)) if callable(alpha) else 1 + alpha
 
 
 def split_rates(
@@ -82,10 +67,10 @@ def split_rates(
     >>> print(round(float(eta_global(5)), 6))
     0.015
   """
-  _check_alpha(alpha)
+  check_alpha(alpha)
   _check_local_fraction(local_fraction)
   eta_local = _times(local_fraction, learning_rate)
-  return eta_local, _times(_one_plus(alpha), eta_local)
+  return eta_local, _times(one_plus(alpha), eta_local)
 
 
 class GuardState(NamedTuple):
@@ -144,21 +129,24 @@ def _decay_weights(weight_decay: jax.typing.ArrayLike) -> optax.GradientTransfor
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def _reweighted(
-    alpha: optax.ScalarOrSchedule,
-    decomposition: Decomposition,
+def _preset(
     guard: Decomposition | None,
+    direction: optax.GradientTransformation,
+    weight_decay: jax.typing.ArrayLike,
+    learning_rate: optax.ScalarOrSchedule,
     local_fraction: jax.typing.ArrayLike,
+    decomposition: Decomposition | None,
+    alpha: optax.ScalarOrSchedule,
     global_share: bool,
 ) -> optax.GradientTransformation:
-  """``g -> g' + alpha * G(g')``, ``g'`` the guarded gradient: the presets' first stage."""
-  _check_alpha(alpha)
+  """guard -> the optimizer's direction -> weight decay -> the rate -> the step's split."""
   _check_local_fraction(local_fraction)
   return optax.chain(
       _drop_global(guard),
-      split(decomposition, global_share=global_share),
-      scale_global(_one_plus(alpha)),
-      combine(),
+      direction,
+      _decay_weights(weight_decay),
+      optax.scale_by_learning_rate(_times(local_fraction, learning_rate)),
+      reweight(decomposition, alpha, global_share),
   )
 
 
@@ -166,50 +154,57 @@ def split_sgd(
     learning_rate: optax.ScalarOrSchedule,
     alpha: optax.ScalarOrSchedule = DEFAULT_ALPHA,
     *,
-    decomposition: Decomposition = DEFAULT_DECOMPOSITION,
+    decomposition: Decomposition | None = DEFAULT_DECOMPOSITION,
     guard: Decomposition | None = DEFAULT_GUARD,
     local_fraction: jax.typing.ArrayLike = 0.01,
-    momentum: jax.typing.ArrayLike | None = None,
+    momentum: jax.typing.ArrayLike | None = 0.9,
     nesterov: bool = False,
     weight_decay: jax.typing.ArrayLike = 0.0,
-    global_share: bool = False,
+    global_share: bool = True,
 ) -> optax.GradientTransformation:
-  """SGD on the split gradient: the step is ``-eta_local * (g + alpha * G)``.
+  """Momentum SGD whose step is split: ``-eta_local * (d + alpha * G(d))``.
 
-  ``eta_local = local_fraction * learning_rate`` (see :func:`split_rates`).
-  First the ``guard`` drops the part of the gradient over its threshold (by
-  default an adaptive z-score threshold, capped at 10 times the mean gradient
-  norm of the first 25 steps), so the step stays bounded however large the
-  gradient grows; then the ``decomposition``
-  splits what is left and its global part is weighted by ``1 + alpha``. With
-  ``alpha = 0`` and ``guard=None`` this is ``optax.sgd(eta_local, momentum,
-  nesterov)``.
+  ``d`` is the momentum of the guarded gradient and ``eta_local =
+  local_fraction * learning_rate`` (see :func:`split_rates`). In order:
+
+  1. the ``guard`` drops the part of the gradient over an adaptive threshold
+     (by default ZClip's z-score rule, bounded relative to the run's recent
+     norms: :func:`spike_excess`);
+  2. heavy-ball momentum (``momentum``, 0.9 by default), decoupled
+     ``weight_decay``, and the rate ``eta_local``;
+  3. the ``decomposition`` splits that step and its global part is weighted by
+     ``1 + alpha``. By default it is the part of each kernel unit's step over
+     1% of the unit's weight norm, and ``alpha = -1`` drops it: a per-unit
+     trust budget (see :func:`split_step`).
+
+  With ``alpha = 0`` (or ``decomposition=None``) and ``guard=None`` this is
+  ``optax.sgd(eta_local, momentum, nesterov)``.
 
   Args:
     learning_rate: The total rate ``eta_total``, or a schedule.
-    alpha: Strength of the global update, at least -1.
-    decomposition: Which global component to reweight.
-    guard: A decomposition whose global part is dropped first, or None.
+    alpha: Weight of the step's global part, at least -1 (or a schedule).
+    decomposition: Which part of the step is global, or None for no split.
+    guard: A decomposition whose global part is dropped from the gradient
+      first, or None.
     local_fraction: ``eta_local / eta_total``.
-    momentum: Optional heavy-ball momentum after the split.
+    momentum: Heavy-ball momentum, or None for none.
     nesterov: Use Nesterov momentum.
     weight_decay: Decoupled weight decay, scaled by ``eta_local``.
-    global_share: Whether to keep the ``global_share`` diagnostic. Off by
-      default: for the default decomposition it costs extra reductions over
-      the gradient (see :func:`optax_split.split`).
+    global_share: Whether to keep the share of the step that the split cut
+      (``split/global_share``); free for the default decomposition.
 
   Returns:
-    An ``optax.GradientTransformation``; its state holds the diagnostics
-    ``threshold`` and ``spike_count``, and ``global_share`` (None unless
-    ``global_share=True``); read them with ``optax.tree.get``.
+    An ``optax.GradientTransformation``; :func:`optax_split.diagnostics` reads
+    the guard's ``guard/threshold``, ``guard/spike_count``, ... and the
+    step's ``split/global_share``.
 
   Example:
     >>> import jax
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import optax_split as osp
-    >>> params = {"w": jnp.ones(3)}
-    >>> loss = lambda p: jnp.sum(p["w"] ** 2)
+    >>> params = {"w": jnp.ones((2, 3))}
+    >>> loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
     >>> tx = osp.split_sgd(learning_rate=10.0)
     >>> @jax.jit
     ... def step(params, state):
@@ -221,48 +216,66 @@ def split_sgd(
     >>> print(float(loss(params)) < 1e-3)
     True
   """
-  return optax.chain(
-      _reweighted(alpha, decomposition, guard, local_fraction, global_share),
-      optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None
-      else optax.identity(),
-      _decay_weights(weight_decay),
-      optax.scale_by_learning_rate(_times(local_fraction, learning_rate)),
-  )
+  direction = (optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None
+               else optax.identity())
+  return _preset(guard, direction, weight_decay, learning_rate, local_fraction, decomposition,
+                 alpha, global_share)
 
 
 def split_adam(
     learning_rate: optax.ScalarOrSchedule,
     alpha: optax.ScalarOrSchedule = DEFAULT_ALPHA,
     *,
-    decomposition: Decomposition = DEFAULT_DECOMPOSITION,
+    decomposition: Decomposition | None = DEFAULT_DECOMPOSITION,
     guard: Decomposition | None = DEFAULT_GUARD,
     local_fraction: jax.typing.ArrayLike = 0.01,
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     weight_decay: jax.typing.ArrayLike = 0.0,
-    global_share: bool = False,
+    b3: optax.ScalarOrSchedule | None = None,
+    slow_alpha: optax.ScalarOrSchedule = 5.0,
+    global_share: bool = True,
 ) -> optax.GradientTransformation:
-  """Adam on the split-and-reweighted gradient.
+  """AdamW whose step is split: guard -> Adam -> weight decay -> rate -> split of the step.
 
-  The raw gradient is guarded, split and reweighted to ``g' + alpha * G(g')``
-  *before* Adam's moments, as Grokfast and ZClip are used with Adam; the step
-  is then Adam's at rate ``eta_local = local_fraction * learning_rate``. With
-  ``alpha = 0`` and ``guard=None`` this is ``optax.adamw(eta_local, b1, b2, eps,
-  weight_decay=weight_decay)``. Memory: Adam's plus the decomposition's state.
+  As :func:`split_sgd`, with Adam's direction (``b1``, ``b2``, ``eps``) in
+  place of momentum: the ``guard`` drops the gradient's spike excess, AdamW
+  makes its step at ``eta_local = local_fraction * learning_rate``, and the
+  ``decomposition`` splits that step, its global part weighted by
+  ``1 + alpha`` (by default the part of each kernel unit's step over 1% of its
+  weight norm, dropped). With ``alpha = 0`` (or ``decomposition=None``) and
+  ``guard=None`` this is ``optax.adamw(eta_local, b1, b2, eps,
+  weight_decay=weight_decay)``.
+
+  **The slow trend inside Adam** (``b3``, off by default): Adam's first moment
+  is split into ``mu_hat - m`` (local) and ``m`` (global), ``m`` a slow EMA
+  of the raw gradient with decay ``b3``, and the global part is weighted by
+  ``1 + slow_alpha`` before Adam's preconditioner. That is AdEMAMix: with
+  ``decomposition=None, guard=None`` this equals
+  ``optax.contrib.ademamix(eta_local, b1, b2, b3, slow_alpha, eps,
+  weight_decay=weight_decay)``, schedules of ``b3`` and ``slow_alpha``
+  included (tested). It pays in long runs, with ``b3`` and ``slow_alpha``
+  warmed up.
+
+  Memory: Adam's state (plus the slow trend's buffer with ``b3``) and a few
+  scalars.
 
   Args:
     learning_rate: The total rate ``eta_total``, or a schedule.
-    alpha: Strength of the global update, at least -1.
-    decomposition: Which global component to reweight.
-    guard: A decomposition whose global part is dropped first, or None.
+    alpha: Weight of the step's global part, at least -1 (or a schedule).
+    decomposition: Which part of the step is global, or None for no split.
+    guard: A decomposition whose global part is dropped from the gradient
+      first, or None.
     local_fraction: ``eta_local / eta_total``.
     b1: Adam's first-moment decay.
     b2: Adam's second-moment decay.
     eps: Adam's epsilon.
     weight_decay: Decoupled weight decay, scaled by ``eta_local``.
-    global_share: Whether to keep the ``global_share`` diagnostic (see
-      :func:`split_sgd`).
+    b3: Decay of the slow trend inside Adam (AdEMAMix's ``b3``), or None.
+    slow_alpha: Strength of the slow trend (AdEMAMix's ``alpha``); used only
+      with ``b3``.
+    global_share: Whether to keep the share of the step that the split cut.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -272,8 +285,8 @@ def split_adam(
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import optax_split as osp
-    >>> params = {"w": jnp.ones(3)}
-    >>> loss = lambda p: jnp.sum(p["w"] ** 2)
+    >>> params = {"w": jnp.ones((2, 3))}
+    >>> loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
     >>> tx = osp.split_adam(learning_rate=10.0)
     >>> @jax.jit
     ... def step(params, state):
@@ -285,10 +298,12 @@ def split_adam(
     >>> print(float(loss(params)) < 1e-2)
     True
   """
-  return optax.chain(
-      _reweighted(alpha, decomposition, guard, local_fraction, global_share),
-      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-      _decay_weights(weight_decay),
-      optax.scale_by_learning_rate(_times(local_fraction, learning_rate)),
-  )
-
+  if b3 is None:
+    direction = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+  else:
+    if not callable(b3):
+      _validation.check_range("b3", b3, low=0.0, high=1.0, high_inclusive=False,
+                              fix="E.g. split_adam(..., b3=0.999), or b3=None.")
+    direction = scale_by_adam_with_slow_trend(b1, b2, b3, slow_alpha, eps)
+  return _preset(guard, direction, weight_decay, learning_rate, local_fraction, decomposition,
+                 alpha, global_share)

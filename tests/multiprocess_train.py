@@ -89,6 +89,32 @@ def all_reduce_shapes(hlo_text):
           for m in re.finditer(pattern, hlo_text)]
 
 
+def split_conditional_branches(hlo_text):
+  """``(text run every step, text of lax.cond branches)`` of compiled HLO.
+
+  The branches' computations (and what they call) hold the ops that run only
+  when their branch is taken, e.g. the guard's rescaled norm on an overflow.
+  """
+  blocks = re.split(r"\n(?=(?:ENTRY )?%[\w.\-]+ \()", hlo_text)
+  named = {}
+  for block in blocks:
+    match = re.match(r"(?:ENTRY )?%([\w.\-]+) \(", block)
+    if match:
+      named[match.group(1)] = block
+  pending = [name for block in named.values()
+             for group in re.findall(r"branch_computations=\{([^}]*)\}", block)
+             for name in re.findall(r"%([\w.\-]+)", group)]
+  branches = set()
+  while pending:
+    name = pending.pop()
+    if name in branches or name not in named:
+      continue
+    branches.add(name)
+    pending += re.findall(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)", named[name])
+  every_step = "\n".join(b for n, b in named.items() if n not in branches)
+  return every_step, "\n".join(named[n] for n in branches)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("out")
@@ -282,8 +308,10 @@ def main():
         state = abstract_state(tx)
         compiled = jax.jit(tx.update).lower(abstract_params, state, abstract_params).compile(
             {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True})
+        every_step, in_branches = split_conditional_branches(compiled.as_text())
         report["hlo"][f"{name}, global_share={global_share}"] = {
-            "all_reduces": all_reduce_shapes(compiled.as_text()),
+            "all_reduces": all_reduce_shapes(every_step),
+            "all_reduces_in_branches": all_reduce_shapes(in_branches),
             "state_bytes_per_device": bytes_per_device(state),
             "params_bytes_per_device": bytes_per_device(abstract_params),
         }

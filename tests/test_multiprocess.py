@@ -195,9 +195,9 @@ def test_a_multiprocess_orbax_checkpoint_resumes_bit_exactly(runs, case):
   assert merged(*(p["cases"][case]["resumed"] for p in processes))
 
 
-def _all_reduces(runs, case, global_share):
+def _all_reduces(runs, case, global_share, key="all_reduces"):
   reference, _ = runs
-  ops = reference["hlo"][f"{case}, global_share={global_share}"]["all_reduces"]
+  ops = reference["hlo"][f"{case}, global_share={global_share}"][key]
   shapes = [[int(d) for d in dims.split(",") if d]
             for op in ops for dims in re.findall(r"\w+\[([\d,]*)\]", op)]
   return ops, shapes
@@ -207,16 +207,20 @@ def _all_reduces(runs, case, global_share):
 # the compiled HLO and written in docs/scaling.md. A case not listed here (a new one in the
 # helper's table) is held to the general bounds only.
 EXPECTED_ALL_REDUCE_OPS = {
-    "split_sgd": (2, 1),  # The guard's norm; then the trend's global_share (depends on it).
-    "split_adam": (2, 1),
+    # The guard's norm; then the per-unit norms of the step and of the weights for the leaves
+    # sharded along a reduced axis (vectors), with the step's global_share.
+    "split_sgd": (2, 2),
+    "split_adam": (2, 2),
     "bare-mean_component": (1, 1),  # Per-unit sums of the leaf sharded along averaged axes.
     "bare-trend_component": (1, 0),  # The EMA is element-wise: only the diagnostic reduces.
     "bare-norm_excess": (1, 1),
     "bare-spike_excess": (1, 1),
     "bare-unit_excess": (1, 1),
 }
-SCALARS_ONLY = ("split_sgd", "split_adam", "bare-trend_component", "bare-norm_excess",
-                "bare-spike_excess")
+SCALARS_ONLY = ("bare-trend_component", "bare-norm_excess", "bare-spike_excess")
+# Every case with spike_excess measures its norm again, rescaled, in a lax.cond branch taken only
+# when the squared norm overflows float32: a max and a sum, each one all-reduce of scalars.
+OVERFLOW_BRANCH_OPS = {"split_sgd": 2, "split_adam": 2, "bare-spike_excess": 2}
 
 
 @pytest.mark.parametrize("global_share", [True, False])
@@ -231,3 +235,6 @@ def test_the_sharded_update_all_reduces_a_few_numbers(runs, case, global_share):
   if case in SCALARS_ONLY:
     # Each sharded leaf's partial sum of squares, merged into one op per global norm.
     assert all(s == [] for s in shapes), ops
+  ops, shapes = _all_reduces(runs, case, global_share, key="all_reduces_in_branches")
+  assert len(ops) == OVERFLOW_BRANCH_OPS.get(case, 0), ops
+  assert all(s == [] for s in shapes), ops

@@ -6,7 +6,7 @@ convergence on their small targets, extra ``update`` arguments, ``inject_hyperpa
 ``MultiSteps``, dtype and ``lax.cond`` stability, ``tree.map_params``, abstract ``init``;
 then composition with optax's wrappers, non-finite gradients and bad input.
 
-Speed: 15 cases times many checks would mean hundreds of small XLA compilations, so only
+Speed: 18 cases times many checks would mean hundreds of small XLA compilations, so only
 the runs that need it are compiled: convergence and no-retracing, one cached, jitted
 ``lax.scan`` per case. Dtypes and shapes under ``jit`` and ``lax.cond`` are decided when
 tracing, so ``jax.eval_shape`` checks them without compiling; values (``inject_hyperparams``,
@@ -24,6 +24,7 @@ import pytest
 
 import optax_split as osp
 from conftest import BUILT_IN_DECOMPOSITIONS
+from optax_split import _presets
 
 # optax's own optimizers at optax's own rates, as effective rates: the presets' local
 # step is 0.01 * learning_rate. split_sgd(0.1, momentum=0.9) steps like optax's
@@ -61,7 +62,13 @@ FACTORIES = {
     "bare_chain": (bare_split, {"learning_rate": SGD_RATE}),
 }
 
-DECOMPOSITIONS = BUILT_IN_DECOMPOSITIONS
+# The built-in decompositions, and the presets' default split of the step.
+DECOMPOSITIONS = {**BUILT_IN_DECOMPOSITIONS, "step_budget": _presets.DEFAULT_DECOMPOSITION}
+# The presets run at their default alpha (-1: the part of the step over a budget
+# is dropped). Dropping the trend or the mean of the step would drop the very
+# direction that converges, so with those two they run at alpha = 1, as the bare
+# chain does with every decomposition.
+PRESET_ALPHA = {"trend_component": 1.0, "mean_component": 1.0}
 
 CASES = [(o, d) for o in FACTORIES for d in DECOMPOSITIONS]
 cases = pytest.mark.parametrize(
@@ -73,6 +80,8 @@ def make(
     optimizer: str, decomposition: str, *, injected: bool = False, **overrides
 ) -> optax.GradientTransformation:
   factory, kwargs = FACTORIES[optimizer]
+  if optimizer != "bare_chain" and decomposition in PRESET_ALPHA:
+    kwargs = {"alpha": PRESET_ALPHA[decomposition], **kwargs}
   if injected:
     factory = optax.inject_hyperparams(factory)
   return factory(**{**kwargs, **overrides}, decomposition=DECOMPOSITIONS[decomposition])
@@ -542,7 +551,7 @@ def test_mismatched_params_and_updates_are_refused(optimizer, decomposition):
 def test_params_are_needed_only_by_unit_excess(optimizer, decomposition):
   tx = make(optimizer, decomposition)
   params, (grads, _) = layer()
-  if decomposition == "unit_excess":
+  if isinstance(DECOMPOSITIONS[decomposition], osp.UnitExcess):
     with pytest.raises(ValueError, match=r"unit_excess needs the params.*tx.update\(grads"):
       tx.update(grads, tx.init(params))
   else:

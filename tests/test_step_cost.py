@@ -53,11 +53,15 @@ def test_global_share_off_keeps_the_updates_and_drops_the_diagnostic(name, use_j
   chex.assert_type(share, jnp.float32)
 
 
-def test_global_share_is_opt_in():
+def test_global_share_is_opt_in_for_split_and_on_where_it_is_free():
   params, grads = _params_and_grads()
-  for tx in (osp.split(osp.trend_component()), osp.split_sgd(1.0), osp.split_adam(1.0)):
+  _, state = osp.split(osp.trend_component()).update(grads, osp.split(
+      osp.trend_component()).init(params), params)
+  assert optax.tree.get(state, "global_share") is None
+  # The presets' and split_step's default split of the step has it for free.
+  for tx in (osp.split_sgd(1.0), osp.split_adam(1.0), osp.split_step(optax.sgd(1.0))):
     _, state = tx.update(grads, tx.init(params), params)
-    assert optax.tree.get(state, "global_share") is None
+    chex.assert_shape(optax.tree.get(state, "global_share"), ())
 
 
 def test_global_share_must_be_a_bool():
@@ -111,7 +115,7 @@ def test_trend_step_updates_its_average_in_place():
 @pytest.mark.parametrize("preset", [osp.split_sgd, osp.split_adam])
 def test_presets_pass_global_share_on(preset):
   params, grads = _params_and_grads()
-  with_share, without = preset(1.0, global_share=True), preset(1.0)
+  with_share, without = preset(1.0), preset(1.0, global_share=False)
   state_on, state_off = with_share.init(params), without.init(params)
   for _ in range(3):
     updates_on, state_on = jax.jit(with_share.update)(grads, state_on, params)

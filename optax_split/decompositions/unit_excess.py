@@ -30,17 +30,24 @@ class UnitExcess(base.Decomposition):
 
   clipping: float = 0.01
   eps: float = 1e-3
+  min_ndim: int = 0
 
   def init(self, params):
     del params
     return optax.EmptyState()
 
   def _leaf(self, g: jax.Array, p: jax.Array) -> tuple[jax.Array, ...]:
+    if g.ndim < self.min_ndim:
+      # Left alone: wholly local.
+      total_sq = _numerics.squared_norm(g)
+      return g, jnp.zeros_like(g), jnp.zeros_like(total_sq), total_sq
     axes = _unit_axes(g)
     g_sq = _numerics.squared_norm(g, axis=axes, keepdims=True)
     p_norm = jnp.sqrt(_numerics.squared_norm(p, axis=axes, keepdims=True))
     budget = self.clipping * jnp.maximum(p_norm, self.eps)
-    kept = _numerics.kept_fraction(jnp.sqrt(g_sq), budget)
+    # A zero budget (a zero unit with eps = 0) would freeze the unit for good:
+    # such a unit is left alone instead.
+    kept = jnp.where(budget > 0, _numerics.kept_fraction(jnp.sqrt(g_sq), budget), 1)
     local = (kept * g).astype(g.dtype)
     global_ = ((1 - kept) * g).astype(g.dtype)
     # Both sums in one reduction: XLA would rewrite a lone sum of ``g_sq`` into a
@@ -60,7 +67,9 @@ class UnitExcess(base.Decomposition):
     return local, global_, state, share
 
 
-def unit_excess(clipping: float = 0.01, eps: float = 1e-3) -> UnitExcess:
+def unit_excess(
+    clipping: float = 0.01, eps: float = 1e-3, *, min_ndim: int = 0
+) -> UnitExcess:
   """The part of each unit's update over a budget set by its weight norm.
 
   For each unit (the rows of a ``(in, out)`` kernel's output column, a conv
@@ -69,9 +78,19 @@ def unit_excess(clipping: float = 0.01, eps: float = 1e-3) -> UnitExcess:
   split step equals ``optax.adaptive_grad_clip(clipping, eps)`` (AGC). Needs
   ``params`` in ``update``.
 
+  On a gradient this is AGC; on the *step* (after the optimizer and the rate,
+  see :func:`optax_split.split_step`) it is a trust budget: no unit moves by
+  more than ``clipping`` times its weight norm in one step, the per-unit form
+  of LAMB's and LARS's trust ratio. There ``eps=0`` and ``min_ndim=2`` keep it
+  free of absolute numbers: a unit whose budget is zero (all-zero weights and
+  ``eps = 0``) is left alone rather than frozen, and leaves of fewer than
+  ``min_ndim`` dimensions (biases, LayerNorm scales) are wholly local.
+
   Args:
     clipping: Largest allowed ratio of a unit's update norm to its weight norm.
-    eps: Floor on the weight norm, so zero-initialised units can move.
+    eps: Floor on the weight norm, so zero-initialised units can move; with
+      ``eps=0`` a unit of zero weight norm is not clipped at all.
+    min_ndim: Leaves with fewer dimensions are left alone (``0``: none is).
 
   Returns:
     A :class:`Decomposition` for :func:`optax_split.split`.
@@ -93,4 +112,9 @@ def unit_excess(clipping: float = 0.01, eps: float = 1e-3) -> UnitExcess:
       "clipping", clipping, low=0.0, low_inclusive=False, fix="E.g. unit_excess(clipping=0.01)."
   )
   _validation.check_range("eps", eps, low=0.0, fix="E.g. unit_excess(eps=1e-3).")
-  return UnitExcess(clipping, eps)
+  if not isinstance(min_ndim, int) or isinstance(min_ndim, bool) or min_ndim < 0:
+    raise ValueError(
+        f"`min_ndim` must be an int of at least 0, got {min_ndim!r}. E.g. "
+        "unit_excess(min_ndim=2) leaves biases and scales alone."
+    )
+  return UnitExcess(clipping, eps, min_ndim)

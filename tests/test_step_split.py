@@ -1,0 +1,213 @@
+"""split_step and the presets' split of the step: equivalences, leaf handling, the bound, misuse."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_split as osp
+from conftest import model_tree
+from optax_split import _presets
+
+
+def _trajectory(tx, params, steps, seed=1):
+  """The updates of ``steps`` steps on fresh random gradients, the params moving."""
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  out = []
+  for step in range(steps):
+    grads = model_tree(jax.random.PRNGKey(seed + step))
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    out.append(updates)
+  return out
+
+
+def _kernels(params):
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "muon"])
+def test_alpha_minus_one_is_adaptive_grad_clip_of_the_kernels_step(optimizer, params):
+  """With the rate folded in: AGC placed after the optimizer, on the leaves of 2+ dims."""
+  make = {"sgd": lambda: optax.sgd(3.0, momentum=0.9),
+          "adamw": lambda: optax.adamw(0.3, weight_decay=0.1),
+          "muon": lambda: optax.contrib.muon(0.3)}[optimizer]
+  ours = osp.split_step(make(), decomposition=osp.unit_excess(0.01, eps=1e-3, min_ndim=2))
+  reference = optax.chain(make(), optax.masked(optax.adaptive_grad_clip(0.01, eps=1e-3),
+                                               _kernels))
+  for got, want in zip(_trajectory(ours, params, 5), _trajectory(reference, params, 5),
+                       strict=True):
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-8)
+
+
+def test_the_default_budget_has_no_floor_and_matches_agc_where_no_unit_is_zero(params):
+  ours = osp.split_step(optax.adamw(0.3))
+  reference = optax.chain(optax.adamw(0.3), optax.masked(optax.adaptive_grad_clip(0.01, eps=0.0),
+                                                         _kernels))
+  for got, want in zip(_trajectory(ours, params, 3), _trajectory(reference, params, 3),
+                       strict=True):
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-8)
+
+
+def test_it_is_lambs_trust_ratio_where_the_unit_is_the_whole_leaf():
+  """LAMB rescales each leaf's Adam step to ``lr * ||w||``; the split cuts it to that.
+
+  They coincide on 1-D leaves (one unit each) whenever the raw step exceeds the budget.
+  """
+  params = {"a": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([0.3, 0.4])}
+  grads = [jax.tree.map(lambda p, k=k: jnp.sin(p * (k + 1)) + 0.1, params) for k in range(4)]
+  lamb = optax.lamb(0.01, eps=1e-6)
+  huge_adam = optax.chain(optax.scale_by_adam(eps=1e-6), optax.scale(-1e3))
+  ours = osp.split_step(huge_adam, decomposition=osp.unit_excess(0.01, eps=0.0))
+  lamb_state, our_state = lamb.init(params), ours.init(params)
+  for g in grads:
+    want, lamb_state = lamb.update(g, lamb_state, params)
+    got, our_state = ours.update(g, our_state, params)
+    chex.assert_trees_all_close(got, want, rtol=1e-5)
+    params = optax.apply_updates(params, got)
+
+
+@pytest.mark.parametrize("rate", [1e-2, 1.0, 1e6])
+def test_no_kernel_unit_moves_by_more_than_the_budget_at_any_rate(rate, params):
+  tx = osp.split_step(optax.sgd(rate))
+  for updates in _trajectory(tx, params, 1):
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+      if u.ndim >= 2:
+        axes = (0,) if u.ndim <= 3 else tuple(range(u.ndim - 1))
+        step = np.sqrt(np.sum(np.square(np.asarray(u)), axis=axes))
+        weight = np.sqrt(np.sum(np.square(np.asarray(p)), axis=axes))
+        assert np.all(step <= 0.01 * weight * (1 + 1e-5))
+
+
+def test_biases_scalars_and_zero_units_are_left_alone():
+  params = {"kernel": jnp.array([[1.0, 0.0], [1.0, 0.0]]), "bias": jnp.zeros(2),
+            "scalar": jnp.zeros(())}
+  grads = jax.tree.map(lambda p: jnp.full(jnp.shape(p), 5.0), params)
+  tx = osp.split_step(optax.sgd(1.0))
+  updates, _ = tx.update(grads, tx.init(params), params)
+  chex.assert_trees_all_close(updates["bias"], -grads["bias"])
+  chex.assert_trees_all_close(updates["scalar"], -grads["scalar"])
+  # The zero column moves freely (a zero budget would freeze it for good); the other is cut.
+  chex.assert_trees_all_close(updates["kernel"][:, 1], jnp.array([-5.0, -5.0]))
+  np.testing.assert_allclose(np.linalg.norm(updates["kernel"][:, 0]), 0.01 * np.sqrt(2),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [-1.0, -0.5, 0.0, 1.0])
+def test_alpha_reweights_the_excess_of_the_step(alpha, params, grads):
+  inner = optax.adam(0.5)
+  tx = osp.split_step(inner, alpha)
+  got, _ = tx.update(grads, tx.init(params), params)
+  step, _ = inner.update(grads, inner.init(params), params)
+  bare = osp.split(_presets.DEFAULT_DECOMPOSITION)
+  parts, _ = bare.update(step, bare.init(params), params)
+  chex.assert_trees_all_close(got, jax.tree.map(lambda u, g: u + alpha * g, step,
+                                                parts.global_), rtol=1e-5, atol=1e-8)
+
+
+def test_alpha_may_be_traced_and_scheduled(params, grads):
+  @jax.jit
+  def first_step(alpha):
+    tx = osp.split_step(optax.sgd(1e3), alpha)
+    return tx.update(grads, tx.init(params), params)[0]
+
+  chex.assert_trees_all_close(first_step(jnp.float32(0.0)),
+                              jax.tree.map(lambda g: -1e3 * g, grads), rtol=1e-6)
+  scheduled = osp.split_step(optax.sgd(1e3), alpha=lambda count: 0.0 * count)
+  chex.assert_trees_all_close(scheduled.update(grads, scheduled.init(params), params)[0],
+                              first_step(jnp.float32(0.0)), rtol=1e-6)
+
+
+def test_the_state_holds_the_share_of_the_step_that_was_cut(params, grads):
+  tx = osp.split_step(optax.sgd(1e3))
+  updates, state = tx.update(grads, tx.init(params), params)
+  step = jax.tree.map(lambda g: -1e3 * g, grads)
+  cut = jax.tree.map(lambda s, u: s - u, step, updates)
+  expected = optax.tree.norm(cut, squared=True) / optax.tree.norm(step, squared=True)
+  chex.assert_trees_all_close(osp.diagnostics(state)["split/global_share"], expected, rtol=1e-4)
+
+
+def test_split_adam_with_the_slow_trend_is_ademamix_over_200_steps():
+  params = model_tree(jax.random.PRNGKey(0))
+  b3 = optax.linear_schedule(0.9, 0.999, 100)
+  slow_alpha = optax.linear_schedule(0.0, 5.0, 100)
+  ours = osp.split_adam(3.0, decomposition=None, guard=None, b1=0.8, b2=0.99, b3=b3,
+                        slow_alpha=slow_alpha, weight_decay=0.1)
+  reference = optax.contrib.ademamix(0.03, b1=0.8, b2=0.99, b3=b3, alpha=slow_alpha,
+                                     weight_decay=0.1)
+
+  def run(tx):
+    def step(carry, key):
+      params, state = carry
+      grads = model_tree(key)
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), updates
+
+    keys = jax.random.split(jax.random.PRNGKey(3), 200)
+    return jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), keys))(params)
+
+  (ours_params, _), ours_updates = run(ours)
+  (ref_params, _), ref_updates = run(reference)
+  chex.assert_trees_all_close(ours_updates, ref_updates, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(ours_params, ref_params, rtol=1e-5, atol=1e-6)
+
+
+def test_the_slow_trend_is_the_global_component_of_adams_first_moment():
+  """(l + (1 + alpha) G) / denominator, l = mu_hat - m, G = m: the reference formula."""
+  params, grads = jnp.zeros(3), jnp.array([1.0, -2.0, 0.5])
+  tx = osp.split_adam(100.0, decomposition=None, guard=None, b1=0.5, b2=0.5, b3=0.75,
+                      slow_alpha=2.0, eps=0.0)
+  updates, state = tx.update(grads, tx.init(params), params)
+  moments = state[1]
+  mu_hat, slow = moments.mu / 0.5, moments.slow
+  local, global_ = mu_hat - slow, slow
+  expected = -(local + 3.0 * global_) / jnp.sqrt(moments.nu / 0.5)
+  chex.assert_trees_all_close(updates, expected, rtol=1e-6)
+
+
+def test_split_adam_defaults_are_guard_adamw_rate_and_the_step_split(params):
+  ours = osp.split_adam(10.0, weight_decay=0.1)
+  reference = optax.chain(
+      optax.chain(osp.split(osp.spike_excess(), global_share=False), osp.scale_global(0.0),
+                  osp.combine()),
+      optax.adamw(0.1, weight_decay=0.1),
+      optax.masked(optax.adaptive_grad_clip(0.01, eps=0.0), _kernels),
+  )
+  for got, want in zip(_trajectory(ours, params, 30), _trajectory(reference, params, 30),
+                       strict=True):
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_split_step_keeps_dtypes_and_compiles_once(dtype):
+  params = model_tree(jax.random.PRNGKey(0), jnp.dtype(dtype))
+  grads = model_tree(jax.random.PRNGKey(1), jnp.dtype(dtype))
+  tx = osp.split_step(optax.adamw(1.0))
+  chex.clear_trace_counter()  # chex counts per source location, across cases
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, state):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for _ in range(3):
+    params, state = step(params, state)
+  chex.assert_trees_all_equal_dtypes(params, grads)
+
+
+def test_misuse_names_the_argument():
+  with pytest.raises(TypeError, match=r"split_step\(\) wraps an optax optimizer.*adamw"):
+    osp.split_step(0.1)
+  with pytest.raises(ValueError, match="`alpha` must lie in"):
+    osp.split_step(optax.sgd(0.1), alpha=-2.0)
+  with pytest.raises(TypeError, match="`decomposition` must be a decomposition"):
+    osp.split_step(optax.sgd(0.1), decomposition=0.01)
+  with pytest.raises(ValueError, match="`min_ndim` must be an int"):
+    osp.unit_excess(min_ndim=-1)
+  with pytest.raises(ValueError, match="`b3` must lie in"):
+    osp.split_adam(1.0, b3=1.0)
