@@ -24,10 +24,9 @@ EXPECTED_CASES = (
     "spike_excess",
     "split_sgd(norm_excess, alpha=-1)",
     "split_adam(norm_excess, alpha=-1)",
+    "split_step(adamw)",
     "split_sgd (defaults)",
     "split_adam (defaults)",
-    "split_sgd (defaults, global_share=True)",
-    "split_adam (defaults, global_share=True)",
 )
 
 

@@ -81,14 +81,14 @@ def test_presets_take_the_same_effective_step_as_sgd():
 
 
 def test_preset_options_reach_the_preset():
-  spec = optimizers.get("split_sgd:alpha=2,decay=0.5,cap=0.5,ratio=none,z=3")
+  spec = optimizers.get("split_sgd:alpha=-0.5,budget=0.001,cap=0.5,ratio=none,z=3,momentum=0.5")
   got = _first_step(spec.build(0.01, 0.0))
-  tx = osp.split_sgd(1.0, 2.0, decomposition=osp.trend_component(0.5),
-                     guard=osp.spike_excess(z=3.0, max_ratio=None, max_norm=0.5))
+  tx = osp.split_sgd(1.0, -0.5, decomposition=osp.unit_excess(0.001, eps=0.0, min_ndim=2),
+                     guard=osp.spike_excess(z=3.0, max_ratio=None, max_norm=0.5), momentum=0.5)
   chex.assert_trees_all_close(got, _first_step(tx))
-  mean = optimizers.get("split_sgd:decomposition=mean,guard=none").build(0.01, 0.0)
-  want = osp.split_sgd(1.0, decomposition=osp.mean_component(), guard=None)
-  chex.assert_trees_all_close(_first_step(mean), _first_step(want))
+  plain = optimizers.get("split_adam:decomposition=none,guard=none,b3=0.9,slow_alpha=2")
+  want = osp.split_adam(1.0, decomposition=None, guard=None, b3=0.9, slow_alpha=2.0)
+  chex.assert_trees_all_close(_first_step(plain.build(0.01, 0.0, b2=0.999)), _first_step(want))
 
 
 def test_weight_decay_is_decoupled_and_scaled_by_the_rate():

@@ -10,7 +10,7 @@ from optax_split.experiments import cli, suite, tasks
 
 def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
   # Two optimizers keep the compilations few.
-  argv = ["suite", "--quick", "--optimizers", "adam", "split_adam:alpha=1/2", "--out",
+  argv = ["suite", "--quick", "--optimizers", "adam", "split_adam:alpha=-1/0", "--out",
           str(tmp_path), "--no-progress"]
   cli.main(argv)
   printed = capsys.readouterr().out
@@ -18,7 +18,7 @@ def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
   report = json.loads((tmp_path / "suite.json").read_text())
   assert [t["task"] for t in report["tasks"]] == ["adding", "lm"]
   # The alpha grid is reported per alpha; the default alpha under the plain name.
-  assert set(report["mean_rank"]) == {"adam", "split_adam:alpha=1", "split_adam"}
+  assert set(report["mean_rank"]) == {"adam", "split_adam", "split_adam:alpha=0"}
   for task in report["tasks"]:
     assert sum(task["ranks"].values()) == 1 + 2 + 3  # tied ranks share their mean
     for s in task["optimizers"]:
@@ -34,9 +34,14 @@ def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
   assert [t["task"] for t in again["tasks"]] == ["adding", "lm"]
   adding = again["tasks"][0]
   assert [s["optimizer"] for s in adding["optimizers"]] == [
-      "split_adam:alpha=1", "split_adam", "adam"]
+      "split_adam", "split_adam:alpha=0", "adam"]
   assert adding["command"].splitlines()[-1].endswith("--optimizers adam --out "
                                                      f"{tmp_path} --no-progress")
+  # --drop takes an earlier row out of the report.
+  cli.main(["suite", "--quick", "--tasks", "adding", "--optimizers", "adam", "--drop",
+            "split_adam:alpha=0", "--out", str(tmp_path), "--no-progress"])
+  dropped = json.loads((tmp_path / "suite.json").read_text())["tasks"][0]
+  assert [s["optimizer"] for s in dropped["optimizers"]] == ["split_adam", "adam"]
 
 
 def _summary(name, finals, init=8.0):

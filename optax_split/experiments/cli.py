@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -89,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
   compare.add_argument(
       "--optimizers", nargs="+", default=None, metavar="NAME",
       help=f"default: {' '.join(optimizers.DEFAULT_NAMES)}; options after a colon, e.g. "
-      "split_sgd:alpha=3,decay=0.98 or sgd_clip:max_norm=0.1/1")
+      "split_adam:alpha=-0.5,budget=0.02, muon+split or sgd_clip:max_norm=0.1/1")
   compare.add_argument("--seeds", type=int, default=4)
   compare.add_argument("--steps", type=int, default=None, help="default: the task's")
   compare.add_argument("--lrs", type=float, nargs="+", default=None, metavar="RATE",
@@ -133,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
   run_suite.add_argument("--quick", action="store_true",
                          help="tiny models and few steps: checks the pipeline in about a minute")
   run_suite.add_argument("--out", type=Path, required=True)
+  run_suite.add_argument("--drop", nargs="+", default=[], metavar="NAME",
+                         help="remove these optimizers' rows of an earlier run from the report "
+                         "(e.g. the variants of an earlier default)")
   run_suite.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   _add_cache_flag(run_suite)
   return parser
@@ -191,11 +195,11 @@ def _train_all(task, specs, settings, no_progress, summarize) -> list[dict]:
 
 
 def _with_earlier(path: Path, task: tasks.Task, settings: dict, summaries: list[dict],
-                  command: str) -> tuple[list[dict], str]:
+                  command: str, drop: list[str]) -> tuple[list[dict], str]:
   """``summaries`` after those of an earlier run of the task with the same settings.
 
-  An optimizer run again replaces its earlier summary; the commands of both
-  runs are kept, one a line.
+  An optimizer run again replaces its earlier summary, and the earlier rows
+  named in ``drop`` go; the commands of both runs are kept, one a line.
   """
   if not path.exists():
     return summaries, command
@@ -204,8 +208,8 @@ def _with_earlier(path: Path, task: tasks.Task, settings: dict, summaries: list[
           and earlier["task_settings"] == json.loads(json.dumps(task.settings)))
   if not same:
     return summaries, command
-  again = {s["optimizer"] for s in summaries}
-  kept = [s for s in earlier["optimizers"] if s["optimizer"] not in again]
+  gone = {s["optimizer"] for s in summaries} | set(drop)
+  kept = [s for s in earlier["optimizers"] if s["optimizer"] not in gone]
   commands = dict.fromkeys([*earlier["command"].splitlines(), command])
   return kept + summaries, "\n".join(commands)
 
@@ -225,17 +229,35 @@ def run_suite(args: argparse.Namespace, command: str) -> str:
     settings = {"steps": size["steps"], "seeds": size["seeds"],
                 "rates": list(size.get("rates", task.rates)),
                 "adaptive_rates": list(size.get("adaptive_rates", task.adaptive_rates))}
-    summaries = _train_all(task, specs, settings, args.no_progress, suite.summarize)
+    if "weight_decays" in size:
+      settings["weight_decays"] = list(size["weight_decays"])
+    task_specs = [suite.with_weight_decays(s, size.get("weight_decays")) for s in specs]
+    summaries = _train_all(task, task_specs, settings, args.no_progress, suite.summarize)
     folder = args.out / name
-    summaries, commands = _with_earlier(folder / "results.json", task, settings, summaries,
-                                        command)
-    report.write(folder, task, summaries, settings, commands)
-    plots.write(folder, name, summaries)
-    record = suite.task_record(task, summaries, settings, commands)
-    (folder / "suite_task.json").write_text(json.dumps(record, indent=1) + "\n")
-  records = [json.loads((args.out / n / "suite_task.json").read_text()) for n in suite.TASKS
-             if (args.out / n / "suite_task.json").exists()]
-  return suite.write(args.out, records)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(args.out):  # Runs of other optimizers into the same --out may end meanwhile.
+      summaries, commands = _with_earlier(folder / "results.json", task, settings, summaries,
+                                          command, args.drop)
+      report.write(folder, task, summaries, settings, commands)
+      plots.write(folder, name, summaries)
+      record = suite.task_record(task, summaries, settings, commands)
+      (folder / "suite_task.json").write_text(json.dumps(record, indent=1) + "\n")
+  with _locked(args.out):
+    records = [json.loads((args.out / n / "suite_task.json").read_text()) for n in suite.TASKS
+               if (args.out / n / "suite_task.json").exists()]
+    return suite.write(args.out, records)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+  """Holds an exclusive lock on ``folder``, so that suite runs into it merge one at a time."""
+  folder.mkdir(parents=True, exist_ok=True)
+  with open(folder / ".lock", "w") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: list[str] | None = None) -> None:

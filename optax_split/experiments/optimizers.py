@@ -11,18 +11,25 @@ Besides the textbook baselines (``sgd``, ``sgd_clip``, ``sgd_agc``, ``adam``,
 ``adam_clip``, ``rmsprop``) the registry holds what practitioners run:
 ``msgd`` and ``msgd_clip`` (SGD with momentum 0.9), ``adamw_clip``
 (``clip_by_global_norm`` + AdamW, the LLM default), ``zclip`` (ZClip's
-reference defaults before AdamW) and ``grokfast`` (Grokfast-EMA's reference
-defaults before Adam). Every optimizer takes ``weight_decay`` as a grid option
-(``adam:weight_decay=0/0.1``), which overrides the task's.
+reference defaults before AdamW), ``grokfast`` (Grokfast-EMA's reference
+defaults before Adam), ``muon`` (``optax.contrib.muon``), ``lamb``
+(``optax.lamb``), ``ademamix`` (``optax.contrib.ademamix``, alpha swept) and
+``adamw_clip_agc``, the presets' plain-optax twin (clipping, AdamW, then
+``optax.adaptive_grad_clip`` on the kernels' step). Every optimizer takes
+``weight_decay`` as a grid option (``adam:weight_decay=0/0.1``), which overrides
+the task's.
 
-A name may carry options after a colon, e.g. ``split_sgd:alpha=3,decay=0.98``
+A name may carry options after a colon, e.g. ``split_adam:alpha=-0.5,budget=0.02``
 or ``sgd_clip:max_norm=1``. An option that names a grid hyperparameter fixes
 it or sets its grid (``sgd_clip:max_norm=0.1/1``); the presets take ``alpha``
-(a grid too: ``alpha=1/3``), ``decomposition`` (``trend`` or ``mean``),
-``decay`` (of the trend), ``z``, ``ratio`` and ``cap`` (the guard's z-score,
-relative cap and absolute cap; ``none`` turns a cap off), ``grouped`` (the
-guard's statistics per Flax ``module`` or per ``tensor``), ``guard=none`` and
-``weight_decay``.
+(a grid too: ``alpha=-1/0``), ``budget`` (the step split's budget relative to
+the weight norm), ``decomposition=none`` (no step split), ``z``, ``ratio`` and
+``cap`` (the guard's z-score, relative cap and absolute cap; ``none`` turns a
+cap off), ``grouped`` (the guard's statistics per Flax ``module`` or per
+``tensor``), ``guard=none``, ``momentum`` (``split_sgd``), ``b3`` and
+``slow_alpha`` (``split_adam``'s slow trend inside Adam) and ``weight_decay``.
+A name that ends in ``+split`` wraps the optimizer in
+:func:`optax_split.split_step` (``muon+split``).
 """
 
 import dataclasses
@@ -153,6 +160,31 @@ def _rmsprop(rate, weight_decay, b2):
   return _decayed(optax.scale_by_rms(decay=b2), rate, weight_decay)
 
 
+def _muon(rate, weight_decay, b2):
+  # optax's defaults: Muon on every 2-D leaf, Adam (at the same rate) on the rest.
+  return optax.contrib.muon(rate, weight_decay=weight_decay, adam_b2=b2,
+                            adam_weight_decay=weight_decay)
+
+
+def _lamb(rate, weight_decay, b2):
+  return optax.lamb(rate, b2=b2, weight_decay=weight_decay)
+
+
+def _ademamix(rate, weight_decay, b2, alpha, b3):
+  return optax.contrib.ademamix(rate, b2=b2, b3=b3, alpha=alpha, weight_decay=weight_decay)
+
+
+def kernels(params):
+  """True for the leaves of at least two dimensions: the step split's leaf handling."""
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def _adamw_clip_agc(rate, weight_decay, b2, max_norm, clipping):
+  # The presets' plain-optax twin: clipping, AdamW, then AGC on the kernels' step.
+  return optax.chain(_adam_clip(rate, weight_decay, b2, max_norm),
+                     optax.masked(optax.adaptive_grad_clip(clipping), kernels))
+
+
 def _preset_kwargs(options: dict[str, str]) -> dict:
   """The presets' keyword arguments from ``name:key=value`` options."""
   options = dict(options)
@@ -160,16 +192,18 @@ def _preset_kwargs(options: dict[str, str]) -> dict:
   if "alpha" in options and "/" not in options["alpha"]:
     kwargs["alpha"] = float(options.pop("alpha"))
   kind = options.pop("decomposition", None)
-  decay = options.pop("decay", None)
-  if kind == "mean":
-    kwargs["decomposition"] = osp.mean_component()
-  elif kind in (None, "trend"):
-    if kind or decay:
-      kwargs["decomposition"] = osp.trend_component(
-          float(decay) if decay else _presets.DEFAULT_DECOMPOSITION.decay
-      )
-  else:
-    raise ValueError(f"Unknown decomposition={kind!r}: use decomposition=trend or =mean.")
+  budget = options.pop("budget", None)
+  if kind == "none":
+    kwargs["decomposition"] = None
+  elif kind not in (None, "unit"):
+    raise ValueError(f"Unknown decomposition={kind!r}: use decomposition=unit or =none.")
+  elif budget is not None:
+    default = _presets.DEFAULT_DECOMPOSITION
+    kwargs["decomposition"] = osp.unit_excess(float(budget), eps=default.eps,
+                                              min_ndim=default.min_ndim)
+  for key in ("b3", "slow_alpha", "momentum"):
+    if key in options:
+      kwargs[key] = float(options.pop(key))
   guard = options.pop("guard", None)
   if guard == "none":
     kwargs["guard"] = None
@@ -185,9 +219,9 @@ def _preset_kwargs(options: dict[str, str]) -> dict:
     ))
   if options:
     raise ValueError(
-        f"Unknown option(s) {sorted(options)} for a preset; use alpha, decomposition, "
-        "decay, z, ratio, cap, grouped, guard or weight_decay, e.g. "
-        "split_sgd:alpha=3,decay=0.98."
+        f"Unknown option(s) {sorted(options)} for a preset; use alpha, budget, decomposition, "
+        "z, ratio, cap, grouped, guard, b3, slow_alpha, momentum or weight_decay, e.g. "
+        "split_adam:budget=0.02,guard=none."
     )
   return kwargs
 
@@ -260,12 +294,19 @@ _BASELINES = {
                    "optax.clip_by_global_norm + optax.adamw"),
     "zclip": (_zclip, True, {}, "ZClip (z 2.5, EMA 0.97, warm-up 25, cap 1.0) + optax.adamw"),
     "grokfast": (_grokfast, True, {}, "Grokfast-EMA (EMA 0.98, lambda 2) + optax.adamw"),
+    "muon": (_muon, True, {}, "optax.contrib.muon (Muon on 2-D leaves, Adam on the rest)"),
+    "lamb": (_lamb, True, {}, "optax.lamb"),
+    "ademamix": (_ademamix, True, {"alpha": (2.0, 5.0), "b3": (0.999,)},
+                 "optax.contrib.ademamix"),
+    "adamw_clip_agc": (_adamw_clip_agc, True, {"max_norm": (1.0,), "clipping": (0.01,)},
+                       "optax.clip_by_global_norm + optax.adamw + optax.adaptive_grad_clip "
+                       "on the kernels' step: split_adam's plain-optax twin"),
 }
-_PRESETS = {
+PRESETS = {
     "split_sgd": (osp.split_sgd, False, "optax_split.split_sgd, learning_rate = rate / 0.01"),
     "split_adam": (osp.split_adam, True, "optax_split.split_adam, learning_rate = rate / 0.01"),
 }
-NAMES = (*_BASELINES, *_PRESETS)
+NAMES = (*_BASELINES, *PRESETS)
 # What `optax-split compare` runs unless told otherwise.
 DEFAULT_NAMES = ("sgd", "sgd_clip", "sgd_agc", "adam", "adam_clip", "rmsprop", "split_sgd",
                  "split_adam")
@@ -287,8 +328,23 @@ def _values(text: str) -> tuple[float, ...]:
   return tuple(float(v) for v in text.split("/"))
 
 
+# A name that ends in this wraps the optimizer in ``optax_split.split_step``.
+STEP_SPLIT = "+split"
+
+
+def _with_step_split(spec: OptimizerSpec) -> OptimizerSpec:
+  """``spec`` with its step split by ``optax_split.split_step`` at its defaults."""
+
+  def build(*args, **kwargs):
+    return osp.split_step(spec.build(*args, **kwargs))
+
+  return dataclasses.replace(spec, name=spec.name + STEP_SPLIT, build=build,
+                             description=f"{spec.description}, its step split by "
+                             "optax_split.split_step (defaults)")
+
+
 def get(name: str) -> OptimizerSpec:
-  """The optimizer called ``name`` (options after a colon).
+  """The optimizer called ``name`` (options after a colon; ``+split`` wraps it in ``split_step``).
 
   Example:
     >>> spec = get("sgd_clip:max_norm=1")
@@ -296,7 +352,11 @@ def get(name: str) -> OptimizerSpec:
     {'max_norm': (1.0,)} False
     >>> print([c["rate"] for c in get("split_sgd").configs((0.01, 0.1))])
     [0.01, 0.1]
+    >>> print(get("muon+split").name)
+    muon+split
   """
+  if name.endswith(STEP_SPLIT):
+    return _with_step_split(get(name.removesuffix(STEP_SPLIT)))
   base, _, text = name.partition(":")
   options = _parse_options(text, name)
   if base in _BASELINES:
@@ -309,8 +369,8 @@ def get(name: str) -> OptimizerSpec:
         )
       grid[key] = _values(value)
     return OptimizerSpec(name, build, adaptive, grid, description)
-  if base in _PRESETS:
-    factory, adaptive, description = _PRESETS[base]
+  if base in PRESETS:
+    factory, adaptive, description = PRESETS[base]
     # Several alphas (alpha=1/3) are swept in the one program, like the rates.
     grid = {"alpha": _values(options.pop("alpha"))} if "/" in options.get("alpha", "") else {}
     if "weight_decay" in options:

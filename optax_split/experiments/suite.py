@@ -3,7 +3,7 @@
 Per task, each optimizer is tuned over the task's grid of effective rates (and
 its own grid, such as a clipping threshold); the presets run at their
 defaults with only the rate swept. A preset given an ``alpha`` grid
-(``split_adam:alpha=1/2/4``) is reported once per ``alpha``, and the slice at
+(``split_adam:alpha=-1/0``) is reported once per ``alpha``, and the slice at
 its default ``alpha`` is reported under the preset's plain name: that is how
 the defaults are chosen on the whole suite.
 
@@ -30,18 +30,19 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from optax_split import _presets
-from optax_split.experiments import report
+from optax_split.experiments import optimizers, report
 from optax_split.experiments.runner import Runs
 from optax_split.experiments.tasks.base import Task
 
 SPIKE_FACTOR = 1.5
 SPIKE_WINDOW = 20
 
-# The suite's optimizers: what practitioners run, and the presets with the
-# alphas their default is chosen from.
+# The suite's optimizers: what practitioners run (Muon, LAMB and AdEMAMix among
+# them), the presets' plain-optax twin, the step split around AdamW (the preset
+# without its guard) and around Muon, and the presets at their defaults.
 OPTIMIZERS = (
-    "msgd_clip", "adamw_clip", "adam", "zclip", "grokfast",
-    "split_sgd:alpha=1/2/4", "split_adam:alpha=1/2/4",
+    "msgd_clip", "adamw_clip", "adam", "zclip", "muon", "lamb", "ademamix",
+    "adamw_clip_agc", "muon+split", "split_sgd", "split_adam", "split_adam:guard=none",
 )
 
 # Per task: the settings of the full run and of ``--quick`` (sized for CI).
@@ -49,10 +50,14 @@ OPTIMIZERS = (
 FULL = {
     "adding": {"task": {}, "steps": 2000, "seeds": 3},
     "deep_mlp": {"task": {}, "steps": 1000, "seeds": 2},
-    "lm": {"task": {}, "steps": 300, "seeds": 1},
-    # Every optimizer gets the same decoupled weight decay: a JAX rebuild of this
-    # regime saw neither Adam nor Grokfast-EMA grok by 3,000 steps without one.
-    "grokking": {"task": {"weight_decay": 1.0}, "steps": 1500, "seeds": 1,
+    # The Adam-like grid reaches 1.0: the step split's best rates are high.
+    "lm": {"task": {}, "steps": 1000, "seeds": 2,
+           "adaptive_rates": (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0),
+           "rates": (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)},
+    # Every optimizer sweeps the decoupled weight decay, 0 (Grokfast's regime)
+    # included: a JAX rebuild of this regime saw neither Adam nor Grokfast-EMA
+    # grok by 3,000 steps without one.
+    "grokking": {"task": {}, "steps": 1000, "seeds": 1, "weight_decays": (0.0, 1.0),
                  "adaptive_rates": (1e-3, 3e-3), "rates": (1.0,)},
 }
 QUICK = {
@@ -63,6 +68,17 @@ QUICK = {
            "steps": 20, "seeds": 1, "rates": (0.1,), "adaptive_rates": (1e-3, 1.0)},
 }
 TASKS = tuple(FULL)
+
+
+def with_weight_decays(spec: optimizers.OptimizerSpec,
+                       values: tuple[float, ...] | None) -> optimizers.OptimizerSpec:
+  """``spec`` sweeping ``values`` of the weight decay too (a task's ``weight_decays``).
+
+  A weight decay the name already sets (``adam:weight_decay=0.1``) is kept.
+  """
+  if values is None or "weight_decay" in spec.grid:
+    return spec
+  return dataclasses.replace(spec, grid={**spec.grid, "weight_decay": tuple(values)})
 
 
 def spike_counts(loss: np.ndarray) -> np.ndarray:
@@ -87,18 +103,26 @@ def spike_counts(loss: np.ndarray) -> np.ndarray:
   return spikes.sum(axis=-1)
 
 
+def _is_alpha_grid(name: str, grid: dict) -> bool:
+  return "alpha" in grid and name.partition(":")[0] in optimizers.PRESETS
+
+
+def _slice_name(base: str, alpha: float) -> str:
+  return base if alpha == _presets.DEFAULT_ALPHA else f"{base}:alpha={alpha:g}"
+
+
 def alpha_slices(runs: Runs) -> list[Runs]:
   """One ``Runs`` per ``alpha`` of a preset swept over ``alpha``; else ``[runs]``.
 
   The slice at the preset's default ``alpha`` is named after the preset alone.
   """
-  if "alpha" not in runs.spec.grid:
+  if not _is_alpha_grid(runs.spec.name, runs.spec.grid):
     return [runs]
   base = runs.spec.name.partition(":")[0]
   slices = []
   for alpha in runs.spec.grid["alpha"]:
     keep = [i for i, c in enumerate(runs.configs) if c["alpha"] == alpha]
-    name = base if alpha == _presets.DEFAULT_ALPHA else f"{base}:alpha={alpha:g}"
+    name = _slice_name(base, alpha)
     spec = dataclasses.replace(runs.spec, name=name, grid={
         k: v for k, v in runs.spec.grid.items() if k != "alpha"})
     configs = [{k: v for k, v in runs.configs[i].items() if k != "alpha"} for i in keep]
@@ -247,8 +271,9 @@ def _column(t: dict) -> str:
 def _task_line(t: dict) -> str:
   s = t["settings"]
   options = ", ".join(f"{k}={v}" for k, v in t["task_settings"].items())
+  decays = f", weight decays {s['weight_decays']}" if "weight_decays" in s else ""
   return (f"{options}; {s['steps']} steps, {s['seeds']} seed(s), effective rates "
-          f"{s['rates']}, Adam-like rates {s['adaptive_rates']}")
+          f"{s['rates']}, Adam-like rates {s['adaptive_rates']}{decays}")
 
 
 def _sensitivity_figure(tasks: list[dict]) -> Figure:
