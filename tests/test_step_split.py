@@ -211,3 +211,16 @@ def test_misuse_names_the_argument():
     osp.unit_excess(min_ndim=-1)
   with pytest.raises(ValueError, match="`b3` must lie in"):
     osp.split_adam(1.0, b3=1.0)
+
+
+def test_inject_hyperparams_and_multi_steps_wrap_it(params, grads):
+  tx = optax.inject_hyperparams(osp.split_step)(optax.sgd(1e3), alpha=-1.0)
+  tx = optax.MultiSteps(tx, every_k_schedule=2)
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  chex.assert_trees_all_close(updates, jax.tree.map(jnp.zeros_like, grads))  # accumulating
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  reference = osp.split_step(optax.sgd(1e3))
+  chex.assert_trees_all_close(updates, reference.update(grads, reference.init(params), params)[0],
+                              rtol=1e-5)
+  assert float(optax.tree.get(state, "alpha")) == -1.0
