@@ -22,8 +22,6 @@ EXPECTED_CASES = (
     "trend_component",
     "trend_component, global_share=True",
     "spike_excess",
-    "split_sgd(norm_excess, alpha=-1)",
-    "split_adam(norm_excess, alpha=-1)",
     "split_step(adamw)",
     "split_sgd (defaults)",
     "split_adam (defaults)",
