@@ -21,6 +21,16 @@ BUILT_IN_DECOMPOSITIONS = {
 }
 
 
+# The presets' alpha with each built-in decomposition on their step: their default (-1, the
+# excess over a budget dropped) for the excess-type ones; 1 for the trend and the mean, whose
+# drop would remove the very direction that converges.
+PRESET_ALPHA = {"trend_component": 1.0, "mean_component": 1.0}
+
+
+def preset_alpha(decomposition: str) -> float:
+  return PRESET_ALPHA.get(decomposition, -1.0)
+
+
 @contextlib.contextmanager
 def dtype_context(dtype: str):
   """float64 needs JAX's x64 mode; the other dtypes run in the default mode."""

@@ -19,7 +19,7 @@ import pytest
 from flax import nnx
 
 import optax_split as osp
-from conftest import BUILT_IN_DECOMPOSITIONS
+from conftest import BUILT_IN_DECOMPOSITIONS, preset_alpha
 
 NUM_STEPS = 4
 
@@ -99,10 +99,10 @@ FAMILIES = {
     # the defaults; schedules for the rate and alpha.
     "presets": {
         **{f"split_sgd_momentum_wd-{n}": osp.split_sgd(
-            1.0, decomposition=d, momentum=0.9, nesterov=True, weight_decay=1e-4
-        ) for n, d in D.items()},
-        **{f"split_adam_wd-{n}": osp.split_adam(1.0, decomposition=d, weight_decay=1e-4)
-           for n, d in D.items()},
+            1.0, preset_alpha(n), decomposition=d, momentum=0.9, nesterov=True,
+            weight_decay=1e-4) for n, d in D.items()},
+        **{f"split_adam_wd-{n}": osp.split_adam(1.0, preset_alpha(n), decomposition=d,
+                                                weight_decay=1e-4) for n, d in D.items()},
         "split_sgd": osp.split_sgd(1.0),
         "split_adam": osp.split_adam(1.0),
         "split_sgd_scheduled": osp.split_sgd(

@@ -23,7 +23,7 @@ import optax
 import pytest
 
 import optax_split as osp
-from conftest import BUILT_IN_DECOMPOSITIONS
+from conftest import BUILT_IN_DECOMPOSITIONS, preset_alpha
 from optax_split import _presets
 
 # optax's own optimizers at optax's own rates, as effective rates: the presets' local
@@ -64,11 +64,6 @@ FACTORIES = {
 
 # The built-in decompositions, and the presets' default split of the step.
 DECOMPOSITIONS = {**BUILT_IN_DECOMPOSITIONS, "step_budget": _presets.DEFAULT_DECOMPOSITION}
-# The presets run at their default alpha (-1: the part of the step over a budget
-# is dropped). Dropping the trend or the mean of the step would drop the very
-# direction that converges, so with those two they run at alpha = 1, as the bare
-# chain does with every decomposition.
-PRESET_ALPHA = {"trend_component": 1.0, "mean_component": 1.0}
 
 CASES = [(o, d) for o in FACTORIES for d in DECOMPOSITIONS]
 cases = pytest.mark.parametrize(
@@ -80,8 +75,8 @@ def make(
     optimizer: str, decomposition: str, *, injected: bool = False, **overrides
 ) -> optax.GradientTransformation:
   factory, kwargs = FACTORIES[optimizer]
-  if optimizer != "bare_chain" and decomposition in PRESET_ALPHA:
-    kwargs = {"alpha": PRESET_ALPHA[decomposition], **kwargs}
+  if optimizer != "bare_chain":  # The bare chain runs at alpha = 1 with every decomposition.
+    kwargs = {"alpha": preset_alpha(decomposition), **kwargs}
   if injected:
     factory = optax.inject_hyperparams(factory)
   return factory(**{**kwargs, **overrides}, decomposition=DECOMPOSITIONS[decomposition])

@@ -204,9 +204,11 @@ PRESETS = {
     "split_sgd": lambda: osp.split_sgd(1.0, momentum=0.9, weight_decay=1e-4),
     "split_adam": lambda: osp.split_adam(1.0, weight_decay=1e-4),
 }
-# The presets form g + alpha * G (momentum adds up to 10x on top) in the gradient's
-# dtype before the learning rate scales it: huge values leave room for that.
-PRESET_HEADROOM = 80 * (1 + max(_default_alpha(osp.split_sgd), _default_alpha(osp.split_adam)))
+# The presets' momentum adds up to 10x in the gradient's dtype before the learning rate
+# scales it, and their split of the step forms u + alpha * G(u), which grows u only for
+# alpha > 0: huge values leave room for that.
+PRESET_HEADROOM = 80 * max(1.0, 1 + max(_default_alpha(osp.split_sgd),
+                                        _default_alpha(osp.split_adam)))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
