@@ -12,6 +12,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEP_TIME = ROOT / "benchmarks" / "step_time.py"
 GPU = ROOT / "benchmarks" / "gpu.sh"
+MAIN_JOB = ROOT / "benchmarks" / "main_job.py"
 
 # One row per comparison; a row that disappears from the script fails here.
 EXPECTED_CASES = (
@@ -99,3 +100,18 @@ def test_seeds_scaling_tiny_mode_reports_every_column(tmp_path):
   for key in ("one", "vmap", "map"):
     assert result["run_s"][key] > 0 and result["compile_s"][key] > 0
   assert math.isfinite(result["vmap_over_n_x_one"]) and result["separate_runs_s"] > 0
+
+
+def test_main_job_times_a_first_and_a_second_run_of_compare(tmp_path):
+  out = tmp_path / "main_job.json"
+  proc = subprocess.run(
+      [sys.executable, str(MAIN_JOB), "--json", str(out), "--", "--task", "adding", "--length",
+       "4", "--hidden", "3", "--batch-size", "4", "--eval-size", "8", "--steps", "10",
+       "--seeds", "2", "--lrs", "0.01", "--optimizers", "sgd", "split_sgd"],
+      capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(out.read_text())
+  assert results["same_output"] and "Verdict:" in results["output"]
+  for run in ("first", "second"):
+    assert results["runs"][run]["wall_s"] > 0 and results["runs"][run]["cpu_s"] > 0
+    assert f"| {run} | {results['runs'][run]['wall_s']:.1f} |" in proc.stdout

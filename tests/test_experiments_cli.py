@@ -1,11 +1,12 @@
 """The ``optax-split compare`` command end to end, at tiny sizes."""
 
 import json
+import re
 
 import jax
 import pytest
 
-from optax_split.experiments import cli
+from optax_split.experiments import cli, optimizers
 
 TINY = ["compare", "--task", "adding", "--length", "4", "--hidden", "3", "--batch-size", "4",
         "--eval-size", "8", "--steps", "20", "--seeds", "2", "--lrs", "0.01", "1000",
@@ -17,14 +18,17 @@ def test_compare_writes_table_json_markdown_and_plots(tmp_path, capsys):
   argv = [*TINY, "--optimizers", "sgd", "--out", str(tmp_path)]
   cli.main(argv)
   printed = capsys.readouterr().out
-  assert "diverged runs (grid)" in printed and "results.json" in printed
+  assert "diverged runs (grid)" in printed and "over seeds" in printed
+  assert "Verdict: sgd ranks first: test mse" in printed and "results.json" in printed
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["command"] == "optax-split " + " ".join(argv)
   (sgd,) = results["optimizers"]
   assert sgd["best"]["rate"] == 0.01 and sgd["diverged_runs"] == 2  # Rate 1000 blows up.
   assert sgd["diverged_seeds_at_best"] == 0 and sgd["final_train_loss"] > 0
   assert len(sgd["curves"]["loss"]) == 2  # One curve per seed.
-  assert "| sgd | 0.01 |" in (tmp_path / "results.md").read_text()
+  assert len(sgd["by_seed"]["test_metric"]) == 2
+  markdown = (tmp_path / "results.md").read_text()
+  assert "| 1 | sgd | 0.01 |" in markdown and results["verdict"] in markdown
   for name in ("loss.png", "grad_norm.png", "global_share.png"):
     assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
   # The same command gives the same numbers.
@@ -33,12 +37,25 @@ def test_compare_writes_table_json_markdown_and_plots(tmp_path, capsys):
   assert again["optimizers"] == results["optimizers"]
 
 
+def test_compare_ranks_sets_split_against_baseline_and_does_not_depend_on_jobs(tmp_path, capsys):
+  argv = [*TINY, "--optimizers", "sgd", "split_sgd", "--seeds", "3"]
+  cli.main([*argv, "--out", str(tmp_path / "one"), "--jobs", "1"])
+  cli.main([*argv, "--out", str(tmp_path / "two"), "--jobs", "2"])
+  printed = capsys.readouterr().out
+  one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+  assert one["optimizers"] == two["optimizers"] and one["verdict"] == two["verdict"]
+  assert [s["optimizer"] for s in one["optimizers"]] == ["sgd", "split_sgd"]  # Given order.
+  assert "paired seeds" in one["verdict"] and one["verdict"] in printed
+  assert re.search(r"Presets at their defaults: split_sgd #[12] of 2\.$", one["verdict"])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--optimizers", "sgd_nesterov"], "Unknown optimizer 'sgd_nesterov'. Choose from sgd"),
     (["--optimizers", "sgd_clip:threshold=1"], "sgd_clip has no option 'threshold'"),
     (["--optimizers", "split_sgd:beta=2"], "Unknown option.*use alpha"),
     (["--task", "cifar2", "--data-dir", "/nonexistent"], "cifar-10-python.tar.gz"),
     (["--rho", "1.5", "--task", "deep_mlp"], "deep_mlp does not take that option"),
+    ([*TINY[1:], "--optimizers", "sgd", "--jobs", "0"], "--jobs must be at least 1"),
 ])
 def test_bad_input_exits_with_a_message(argv, message, capsys):
   with pytest.raises(SystemExit, match=message):
@@ -60,6 +77,13 @@ def test_no_cache_leaves_the_cache_folder_alone(tmp_path, monkeypatch):
   monkeypatch.setenv(cli.CACHE_ENV, str(cache))
   cli.main([*TINY, "--optimizers", "sgd", "--out", str(tmp_path / "run"), "--no-cache"])
   assert not cache.exists()
+
+
+def test_default_compare_is_the_practitioners_comparison():
+  names = optimizers.DEFAULT_NAMES
+  assert {"msgd_clip", "adamw_clip", "zclip", "muon"} <= set(names)  # What people run.
+  assert {"split_sgd", "split_adam", "muon+split"} <= set(names)  # Ours, at the defaults.
+  assert 1 <= cli.default_jobs() <= cli.MAX_DEFAULT_JOBS
 
 
 def test_cache_folder_defaults_to_the_user_cache(monkeypatch, tmp_path):

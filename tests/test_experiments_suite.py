@@ -62,10 +62,3 @@ def test_spikes_are_counted_against_the_running_median():
   loss = 2.0 + 0.05 * rng.standard_normal((2, 200))
   loss[1, [50, 120, 121]] = 4.0
   np.testing.assert_array_equal(suite.spike_counts(loss), [0, 3])
-
-
-def test_ranks_share_ties_and_put_never_last():
-  task = {"target": 0.95, "higher_is_better": True, "optimizers": [
-      {"optimizer": "a", "steps_to_target": 100.0}, {"optimizer": "b", "steps_to_target": 100.0},
-      {"optimizer": "c", "steps_to_target": None}]}
-  assert suite.ranks(task) == {"a": 1.5, "b": 1.5, "c": 3.0}

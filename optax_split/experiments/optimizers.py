@@ -307,9 +307,12 @@ PRESETS = {
     "split_adam": (osp.split_adam, True, "optax_split.split_adam, learning_rate = rate / 0.01"),
 }
 NAMES = (*_BASELINES, *PRESETS)
-# What `optax-split compare` runs unless told otherwise.
-DEFAULT_NAMES = ("sgd", "sgd_clip", "sgd_agc", "adam", "adam_clip", "rmsprop", "split_sgd",
-                 "split_adam")
+# What `optax-split compare` runs unless told otherwise: what practitioners run
+# (momentum SGD and AdamW with clipping, ZClip), Muon (the suite's strongest
+# baseline: #2 on adding and on lm, results/suite/suite.md), the presets at
+# their defaults, and the step split around Muon.
+DEFAULT_NAMES = ("msgd_clip", "adamw_clip", "zclip", "muon", "split_sgd", "split_adam",
+                 "muon+split")
 
 
 def _parse_options(text: str, name: str) -> dict[str, str]:

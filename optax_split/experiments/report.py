@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from optax_split.experiments import verdict
 from optax_split.experiments.runner import Runs
 from optax_split.experiments.tasks.base import Task
 
@@ -95,6 +96,8 @@ def summarize(task: Task, runs: Runs) -> dict:
       "runs": int(bad.size),
       "final_train_loss": _json_number(_median(final_train[best])),
       "test_metric_at_best_val": _json_number(_median(test_at_best[best])),
+      # Seed by seed at the best grid point (None: diverged): the spread and the paired verdict.
+      "by_seed": {"test_metric": stats(test_at_best[best])},
       "grid": [
           {
               **config,
@@ -116,6 +119,7 @@ def summarize(task: Task, runs: Runs) -> dict:
   }
   if reached is not None:
     summary["steps_to_target"] = _json_number(np.median(reached[best]))
+    summary["by_seed"]["steps_to_target"] = stats(reached[best])
     for i, point in enumerate(summary["grid"]):
       point["steps_to_target"] = stats(reached[i])
   return summary
@@ -138,23 +142,41 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 
 def table_rows(task: Task, summaries: list[dict], steps: int) -> tuple[list[str], list[list[str]]]:
-  """Header and rows of the comparison table."""
-  header = ["optimizer", "best eff. rate", "other", "diverged seeds (at best)",
-            "diverged runs (grid)", "final train loss",
-            f"test {task.metric} at best val"]
+  """Header and rows of the comparison table, best first.
+
+  The ranked number (the test metric, or the steps to the target) comes with
+  its median and its range over seeds.
+  """
+  options = {"target": task.target, "higher_is_better": task.higher_is_better}
+  rank = verdict.ranks(summaries, **options)
+  ranked = f"steps to val {task.metric} {task.target:g}" if task.target is not None \
+      else f"test {task.metric} at best val"
+  header = ["#", "optimizer", "best eff. rate", "other", ranked, "over seeds",
+            "diverged seeds (at best)", "diverged runs (grid)", "final train loss"]
   if task.target is not None:
-    header.append(f"steps to val {task.metric} {task.target:g}")
+    header.append(f"test {task.metric} at best val")
   rows = []
-  for s in summaries:
+  for s in sorted(summaries, key=lambda s: rank[s["optimizer"]]):
     others = ", ".join(f"{k}={v:g}" for k, v in s["best"].items() if k != "rate")
-    row = [s["optimizer"], f"{s['best']['rate']:g}", others or "-",
-           f"{s['diverged_seeds_at_best']}/{s['seeds']}", f"{s['diverged_runs']}/{s['runs']}",
-           _fmt(s["final_train_loss"]), _fmt(s["test_metric_at_best_val"])]
     if task.target is not None:
       reached = s["steps_to_target"]
-      row.append(_fmt(reached, 6) if reached is not None else f"> {steps} (never)")
+      value = _fmt(reached, 6) if reached is not None else f"> {steps} (never)"
+    else:
+      value = _fmt(s["test_metric_at_best_val"])
+    row = [f"{rank[s['optimizer']]:g}", s["optimizer"], f"{s['best']['rate']:g}",
+           others or "-", value, verdict.spread(s, target=task.target),
+           f"{s['diverged_seeds_at_best']}/{s['seeds']}", f"{s['diverged_runs']}/{s['runs']}",
+           _fmt(s["final_train_loss"])]
+    if task.target is not None:
+      row.append(_fmt(s["test_metric_at_best_val"]))
     rows.append(row)
   return header, rows
+
+
+def verdict_line(task: Task, summaries: list[dict]) -> str:
+  """The one-line verdict of :func:`optax_split.experiments.verdict.verdict` for ``task``."""
+  return verdict.verdict(summaries, metric=task.metric, target=task.target,
+                         higher_is_better=task.higher_is_better)
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
@@ -172,14 +194,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write(out: Path, task: Task, summaries: list[dict], settings: dict, command: str) -> str:
-  """Writes ``results.json`` and ``results.md`` to ``out``; returns the text table."""
+  """Writes ``results.json`` and ``results.md`` to ``out``; returns the text table and verdict."""
   header, rows = table_rows(task, summaries, settings["steps"])
+  conclusion = verdict_line(task, summaries)
   out.mkdir(parents=True, exist_ok=True)
   results = {"command": command, "task": task.name, "settings": settings,
              "task_settings": task.settings, "metric": task.metric,
              "higher_is_better": task.higher_is_better,
              "divergence_bound": task.divergence_bound, "target": task.target,
-             "optimizers": summaries}
+             "verdict": conclusion, "optimizers": summaries}
   (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
   described = "\n".join(f"- `{s['optimizer']}`: {s['description']}" for s in summaries)
   task_line = ", ".join(f"{k}={v}" for k, v in task.settings.items())
@@ -188,15 +211,20 @@ def write(out: Path, task: Task, summaries: list[dict], settings: dict, command:
       f"Task: {task_line}. Steps: {settings['steps']}, seeds: {settings['seeds']}, "
       f"effective rates: {settings['rates']}, Adam-like rates: {settings['adaptive_rates']}.\n\n"
       + markdown_table(header, rows)
-      + "\n\nBest grid point: the best median (over seeds) final validation "
+      + f"\n\n{conclusion}\n\nBest grid point: the best median (over seeds) final validation "
       f"{task.metric}, a diverged seed counting as worst"
       + (f" (fewest median steps to validation {task.metric} {task.target:g} first)"
          if task.target is not None else "")
       + ". Final train loss: median over seeds of the mean loss over the last "
       f"{FINAL_FRACTION:.0%} of the steps. Test {task.metric}: median over seeds, each at its "
       "best validation point; both over the seeds that did not diverge. A run diverged if its "
-      f"loss was ever non-finite or its final train loss exceeds {task.divergence_bound:.4g}."
+      f"loss was ever non-finite or its final train loss exceeds {task.divergence_bound:.4g}. "
+      "#: the rank of that median; over seeds: its range over the seeds. The verdict sets the "
+      "best of optax-split against the best baseline seed by seed (each seed starts from the "
+      "same params and sees the same batches under every optimizer), a diverged seed counting "
+      "as worst, and calls the difference beyond the seed noise when a one-sided sign test "
+      f"gives p < {verdict.SIGNIFICANCE:g}."
       f"\n\nOptimizers:\n\n{described}\n"
   )
   (out / "results.md").write_text(md)
-  return text_table(header, rows)
+  return text_table(header, rows) + "\n\n" + conclusion

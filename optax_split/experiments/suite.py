@@ -30,7 +30,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from optax_split import _presets
-from optax_split.experiments import optimizers, report
+from optax_split.experiments import optimizers, report, verdict
 from optax_split.experiments.runner import Runs
 from optax_split.experiments.tasks.base import Task
 
@@ -179,26 +179,6 @@ def sensitivity(task: Task, summaries: list[dict]) -> dict[str, float | None]:
   return out
 
 
-def _score(task: dict, s: dict) -> float:
-  """The number an optimizer is ranked by on a task: smaller is better."""
-  if task["target"] is not None and s.get("steps_to_target") is not None:
-    return s["steps_to_target"]
-  if task["target"] is not None:
-    return math.inf
-  metric = s["test_metric_at_best_val"]
-  if metric is None:
-    return math.inf
-  return -metric if task["higher_is_better"] else metric
-
-
-def ranks(task: dict) -> dict[str, float]:
-  """Rank (1 = best, ties share the mean rank) of each optimizer's tuned best."""
-  scores = {s["optimizer"]: _score(task, s) for s in task["optimizers"]}
-  ordered = sorted(scores.values())
-  return {name: float(np.mean([i + 1 for i, v in enumerate(ordered) if v == score]))
-          for name, score in scores.items()}
-
-
 def _metric_cell(task: dict, s: dict) -> str:
   if task["target"] is not None:
     reached = s.get("steps_to_target")
@@ -215,7 +195,8 @@ def write(out: Path, tasks: list[dict]) -> str:
   out.mkdir(parents=True, exist_ok=True)
   names = list(dict.fromkeys(s["optimizer"] for t in tasks for s in t["optimizers"]))
   for t in tasks:
-    t["ranks"] = ranks(t)
+    t["ranks"] = verdict.ranks(t["optimizers"], target=t["target"],
+                               higher_is_better=t["higher_is_better"])
   mean_rank = {n: report._json_number(np.mean([t["ranks"][n] for t in tasks if n in t["ranks"]]))
                for n in names}
   (out / "suite.json").write_text(json.dumps(

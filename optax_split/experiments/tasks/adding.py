@@ -100,7 +100,7 @@ def adding(
       divergence_bound=10 * TRIVIAL_MSE,
       rates=(0.01, 0.03, 0.1, 0.3),
       adaptive_rates=(0.001, 0.003, 0.01, 0.03),
-      steps=4000,
+      steps=2000,
       eval_every=200,
       settings={"length": length, "hidden": hidden, "rho": rho, "batch_size": batch_size,
                 "eval_size": eval_size, "trivial_mse": round(TRIVIAL_MSE, 4)},

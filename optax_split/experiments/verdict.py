@@ -1,0 +1,168 @@
+"""Ranks, the spread over seeds, and a one-line verdict from the summaries of one task.
+
+Every optimizer's tuned best is scored by one number: the median test metric
+at the best validation point (or the median steps to the task's validation
+target). The verdict sets the best of optax-split (a preset, or an optimizer
+wrapped in ``split_step``) against the best baseline, seed by seed. Each seed
+starts from the same initial params and sees the same batches under every
+optimizer, so the comparison is paired, and a one-sided sign test says
+whether the winner's edge is beyond what the seeds alone would give.
+"""
+
+import math
+
+from optax_split.experiments import optimizers
+
+# A sign test p-value under this calls a difference beyond the seed noise.
+SIGNIFICANCE = 0.05
+
+
+def score(summary: dict, *, target: float | None, higher_is_better: bool) -> float:
+  """The number an optimizer is ranked by on its task: smaller is better.
+
+  Example:
+    >>> print(score({"test_metric_at_best_val": 0.9}, target=None, higher_is_better=True))
+    -0.9
+    >>> print(score({"steps_to_target": None}, target=0.95, higher_is_better=True))
+    inf
+  """
+  if target is not None:
+    reached = summary.get("steps_to_target")
+    return math.inf if reached is None else reached
+  metric = summary["test_metric_at_best_val"]
+  if metric is None:
+    return math.inf
+  return -metric if higher_is_better else metric
+
+
+def ranks(summaries: list[dict], *, target: float | None,
+          higher_is_better: bool) -> dict[str, float]:
+  """Rank (1 = best, ties share the mean rank) of each optimizer's tuned best.
+
+  Example:
+    >>> rows = [{"optimizer": n, "test_metric_at_best_val": v}
+    ...         for n, v in (("a", 0.2), ("b", 0.1), ("c", 0.2))]
+    >>> print(ranks(rows, target=None, higher_is_better=False))
+    {'a': 2.5, 'b': 1.0, 'c': 2.5}
+  """
+  scores = {s["optimizer"]: score(s, target=target, higher_is_better=higher_is_better)
+            for s in summaries}
+  ordered = sorted(scores.values())
+  return {name: sum(i + 1 for i, v in enumerate(ordered) if v == value)
+          / ordered.count(value) for name, value in scores.items()}
+
+
+def by_seed(summary: dict, *, target: float | None) -> list[float | None]:
+  """What the rank is made of, seed by seed at the best grid point (None: diverged or never)."""
+  return summary["by_seed"]["steps_to_target" if target is not None else "test_metric"]
+
+
+def spread(summary: dict, *, target: float | None) -> str:
+  """The range over seeds of the ranked number, e.g. ``"0.0029-0.0041"`` or ``"0.01-0.02, 1 div"``.
+
+  Example:
+    >>> print(spread({"by_seed": {"test_metric": [0.02, None, 0.0104]}}, target=None))
+    0.0104-0.02, 1 diverged
+  """
+  values = by_seed(summary, target=target)
+  finite = [v for v in values if v is not None]
+  missing = len(values) - len(finite)
+  text = f"{min(finite):.3g}-{max(finite):.3g}" if finite else "-"
+  if missing:
+    text += f", {missing} {'never' if target is not None else 'diverged'}"
+  return text
+
+
+def sign_test(wins: int, trials: int) -> float:
+  """One-sided sign test: the chance of ``wins`` or more heads in ``trials`` fair coin flips.
+
+  Example:
+    >>> print(sign_test(5, 5), sign_test(4, 5), sign_test(0, 0))
+    0.03125 0.1875 1.0
+  """
+  return sum(math.comb(trials, k) for k in range(wins, trials + 1)) / 2**trials
+
+
+def paired(first: dict, second: dict, *, target: float | None,
+           higher_is_better: bool) -> tuple[int, int]:
+  """Seeds on which ``first`` beat ``second``, and seeds that were not a tie.
+
+  A diverged seed (or one that never reached the target) counts as the worst.
+  """
+  sign = -1.0 if higher_is_better and target is None else 1.0
+
+  def worst_last(v):
+    return math.inf if v is None else sign * v
+
+  pairs = [(worst_last(a), worst_last(b)) for a, b in zip(
+      by_seed(first, target=target), by_seed(second, target=target), strict=True)]
+  return sum(a < b for a, b in pairs), sum(a != b for a, b in pairs)
+
+
+def _is_split(name: str) -> bool:
+  """Whether ``name`` is one of optax-split's: a preset, or wrapped in ``split_step``."""
+  return name.endswith(optimizers.STEP_SPLIT) or name.partition(":")[0] in optimizers.PRESETS
+
+
+def _value(summary: dict, *, target: float | None) -> str:
+  if target is not None:
+    reached = summary.get("steps_to_target")
+    return "never" if reached is None else f"{reached:g} steps"
+  metric = summary["test_metric_at_best_val"]
+  return "diverged" if metric is None else f"{metric:.3g}"
+
+
+def _margin(leader: float, other: float, *, higher: bool, target: float | None) -> str:
+  """How far ahead the leader is, in words: ``"22% lower"``, ``"0.31% higher"``."""
+  if not math.isfinite(other):
+    return "the other never got there" if target is not None else "the other diverged"
+  gap = 100 * abs(leader - other) / abs(other) if other else 0.0
+  word = "fewer steps" if target is not None else ("higher" if higher else "lower")
+  return f"{gap:.0f}% {word}" if gap >= 10 else f"{gap:.2g}% {word}"
+
+
+def verdict(summaries: list[dict], *, metric: str, target: float | None,
+            higher_is_better: bool) -> str:
+  """One line: who ranks first, by how much, and whether that is beyond the seed noise.
+
+  The best of optax-split is set against the best baseline; the presets' ranks follow.
+
+  Example:
+    >>> rows = [{"optimizer": n, "test_metric_at_best_val": v, "by_seed": {"test_metric": s}}
+    ...         for n, v, s in (("adamw_clip", 0.010, [0.010, 0.011, 0.009, 0.012, 0.010]),
+    ...                         ("split_adam", 0.008, [0.008, 0.007, 0.0085, 0.008, 0.006]))]
+    >>> print(verdict(rows, metric="mse", target=None, higher_is_better=False))
+    Verdict: split_adam ranks first, test mse 0.008 against 0.01 for the best baseline, \
+adamw_clip (20% lower), and is better on 5 of 5 paired seeds: beyond the seed noise (sign test \
+p = 0.031). Presets at their defaults: split_adam #1 of 2.
+  """
+  options = {"target": target, "higher_is_better": higher_is_better}
+  rank = ranks(summaries, **options)
+  ordered = sorted(summaries, key=lambda s: rank[s["optimizer"]])
+  ours = [s for s in ordered if _is_split(s["optimizer"])]
+  theirs = [s for s in ordered if not _is_split(s["optimizer"])]
+  what = f"steps to validation {metric} {target:g}" if target is not None else f"test {metric}"
+  if not ours or not theirs:
+    best = ordered[0]
+    return f"Verdict: {best['optimizer']} ranks first: {what} {_value(best, target=target)}."
+  ours_first = rank[ours[0]["optimizer"]] <= rank[theirs[0]["optimizer"]]
+  leader, other = (ours[0], theirs[0]) if ours_first else (theirs[0], ours[0])
+  if math.isinf(score(leader, **options)):
+    ending = "reached the target" if target is not None else "kept a finite loss on any seed"
+    return f"Verdict: no optimizer {ending}."
+  side = "the best baseline" if ours_first else "the best of optax-split"
+  wins, trials = paired(leader, other, **options)
+  p = sign_test(wins, trials)
+  margin = _margin(abs(score(leader, **options)), abs(score(other, **options)),
+                   higher=higher_is_better, target=target)
+  beyond = p < SIGNIFICANCE
+  line = (f"Verdict: {leader['optimizer']} ranks first, {what} {_value(leader, target=target)} "
+          f"against {_value(other, target=target)} for {side}, {other['optimizer']} "
+          f"({margin}), {'and' if beyond else 'but'} is better on {wins} of "
+          f"{len(by_seed(leader, target=target))} paired seeds: "
+          f"{'beyond' if beyond else 'within'} the seed noise (sign test p = {p:.2g}).")
+  presets = [s for s in ordered if s["optimizer"] in optimizers.PRESETS]
+  if presets:
+    line += " Presets at their defaults: " + ", ".join(
+        f"{s['optimizer']} #{rank[s['optimizer']]:g}" for s in presets) + f" of {len(ordered)}."
+  return line
