@@ -39,7 +39,7 @@ from optax_split.decompositions import (
     unit_excess,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Decomposition",

@@ -4,6 +4,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_split import _validation
@@ -237,13 +238,27 @@ def on_global(inner: optax.GradientTransformation) -> optax.GradientTransformati
   return _on_branch(inner, "global_", "on_global()")
 
 
+def _is_literal_zero(rate: Any) -> bool:
+  """Whether ``rate`` is the number 0 itself: known when the step is traced, never a tracer."""
+  return isinstance(rate, (int, float, np.integer, np.floating)) and rate == 0
+
+
 def _scale(rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
-  """Multiplies updates by a scalar or a schedule, keeping each leaf's dtype."""
+  """Multiplies updates by a scalar or a schedule, keeping each leaf's dtype.
+
+  A rate of exactly 0 (a number, not a schedule or a traced value) drops the
+  branch: zeros take its place. XLA folds ``x + 0`` away but must keep
+  ``0 * x`` (NaN for an infinite ``x``), so the compiled step never reads a
+  dropped branch, costs no more than the optax chain it replaces, and a
+  non-finite value confined to that branch stays out of the step.
+  """
   if callable(rate):
     return optax.scale_by_schedule(rate)
 
   def update_fn(updates, state, params=None):
     del params
+    if _is_literal_zero(rate):
+      return jax.tree.map(jnp.zeros_like, updates), state
     return jax.tree.map(lambda u: jnp.asarray(rate, u.dtype) * u, updates), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
@@ -253,7 +268,9 @@ def scale_local(rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExt
   """Multiplies the local branch by ``rate`` (a scalar or an optax schedule).
 
   For a descent step pass a negative rate, e.g. ``-eta_local`` from
-  :func:`optax_split.split_rates`.
+  :func:`optax_split.split_rates`. A rate of exactly ``0`` (a number) drops
+  the branch: zeros take its place, so the compiled step never reads it and
+  an Inf or NaN in it stays out of the step.
 
   Args:
     rate: The factor, or a schedule of the step count.
@@ -275,6 +292,11 @@ def scale_local(rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExt
 
 def scale_global(rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
   """Multiplies the global branch by ``rate`` (a scalar or an optax schedule).
+
+  ``scale_global(0.0)`` (``alpha = -1``) drops the global component: zeros take
+  its place, so the compiled step never reads it (it costs what the optax
+  chain it replaces costs) and an Inf or NaN in it stays out of the step. A
+  schedule or a traced rate multiplies, also when it is 0.
 
   Args:
     rate: The factor, or a schedule of the step count.

@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -39,6 +40,19 @@ def test_scale_accepts_schedules(grads, params):
     updates, state = tx.update(grads, state, params)
     expected = optax.tree.scale(schedule(step), grads)
     chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [osp.scale_local, osp.scale_global])
+def test_a_rate_of_zero_drops_the_branch_and_a_schedule_multiplies(scale):
+  branch = "local" if scale is osp.scale_local else "global_"
+  parts = osp.SplitUpdates(local=jnp.array([1.0, jnp.inf]), global_=jnp.array([jnp.nan, 2.0]))
+  for zero in (0.0, 0, -0.0, np.float32(0.0)):
+    dropped, _ = jax.jit(scale(zero).update)(parts, scale(zero).init(None))
+    chex.assert_trees_all_equal(getattr(dropped, branch), jnp.zeros(2))
+  # An array or a schedule (or an injected hyperparameter) multiplies: 0 * Inf is NaN.
+  for zero in (jnp.asarray(0.0), optax.constant_schedule(0.0)):
+    multiplied, _ = jax.jit(scale(zero).update)(parts, scale(zero).init(None))
+    assert jnp.isnan(getattr(multiplied, branch)).any()
 
 
 def test_on_local_holds_params_shaped_state_of_a_stateful_transformation(grads, params):

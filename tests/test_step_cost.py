@@ -1,5 +1,7 @@
 """What keeps the split step as cheap as its optax equivalent, and that it changes no result."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import optax
 import pytest
 
 import optax_split as osp
+from optax_split.experiments.optimizers import grokfast_ema
 
 DECOMPOSITIONS = {
     "mean": osp.mean_component(keep_axis=0),
@@ -123,3 +126,55 @@ def test_presets_pass_global_share_on(preset):
     chex.assert_trees_all_close(updates_off, updates_on, rtol=1e-6, atol=1e-7)
   assert optax.tree.get(state_off, "global_share") is None
   chex.assert_shape(optax.tree.get(state_on, "global_share"), ())
+
+
+def _compiled_step_text(tx, params, grads) -> str:
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), grads).compile(
+  ).as_text()
+
+
+def _elementwise_ops(tx) -> int:
+  """Arithmetic instructions over whole kernels in the compiled update-and-apply step.
+
+  The kernel is (96, 96); the instructions that make or move a (96, 96) array
+  without arithmetic (parameters, broadcasts, bitcasts, fusions, copies) are
+  not counted. Both sides of a comparison are compiled by the same XLA, so the
+  count compares the work each does per element, not XLA versions.
+  """
+  keys = jax.random.split(jax.random.key(0), 2)
+  params = {"w": jax.random.normal(keys[0], (96, 96)), "b": jnp.zeros(96)}
+  grads = {"w": jax.random.normal(keys[1], (96, 96)), "b": jnp.ones(96)}
+  ops = re.findall(r"= f32\[96,96\]\{1,0\} ([\w-]+)\(", _compiled_step_text(tx, params, grads))
+  moves = {"parameter", "bitcast", "broadcast", "fusion", "tuple", "constant", "copy"}
+  return sum(op not in moves for op in ops)
+
+
+def _dropping(decomposition, alpha=-1.0):
+  return optax.chain(osp.split(decomposition), osp.scale_local(-0.1),
+                     osp.scale_global(-(1 + alpha) * 0.1), osp.combine())
+
+
+@pytest.mark.parametrize("split_tx, optax_tx, extra", [
+    # alpha = -1: the dropped global branch is never read, so the split costs at
+    # most what the optax chain it replaces costs (norm_excess has no divide).
+    (_dropping(osp.norm_excess(1.0)),
+     optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)), 0),
+    (_dropping(osp.mean_component(keep_axis=0)),
+     optax.chain(optax.centralize(), optax.sgd(0.1)), 0),
+    (_dropping(osp.unit_excess(0.01)),
+     optax.chain(optax.adaptive_grad_clip(0.01), optax.sgd(0.1)), 0),
+    (osp.split_step(optax.adamw(0.1)),
+     optax.chain(optax.adamw(0.1), optax.masked(optax.adaptive_grad_clip(0.01, eps=0.0),
+                                                lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))),
+     0),
+    # Grokfast-EMA: the chain computes -lr (g - m) - (1 + lambda) lr m where optax
+    # writes -lr (g + lambda m); XLA does not reassociate floats: one subtract more.
+    (_dropping(osp.trend_component(0.98), alpha=2.0),
+     optax.chain(grokfast_ema(0.98, 2.0), optax.sgd(0.1)), 1),
+], ids=["norm_excess", "mean_component", "unit_excess", "split_step", "trend_component"])
+def test_the_split_does_no_more_work_per_element_than_its_optax_twin(split_tx, optax_tx, extra):
+  assert _elementwise_ops(split_tx) <= _elementwise_ops(optax_tx) + extra

@@ -184,10 +184,11 @@ def spike_excess(
   trend of the presets' default decomposition when ``alpha != 0``, momentum,
   Adam's moments) and their counts advance. With a stateless decomposition and
   plain SGD the params stay put. The presets' guard keeps only the local part,
-  so a non-finite step becomes a zero gradient there; ``scale_global(0.0)``
-  multiplies instead, and ``0 * NaN`` is NaN. If the norm rises for good past
-  the threshold, every step is skipped (``spike_count`` then grows step by
-  step); ``on_spike="clip"`` keeps training in that case.
+  and so does ``scale_global(0.0)``, which drops the global branch rather than
+  multiplying it by 0: a non-finite step becomes a zero gradient in both. Any
+  other rate multiplies, and ``0.5 * NaN`` is NaN. If the norm rises for good
+  past the threshold, every step is skipped (``spike_count`` then grows step
+  by step); ``on_spike="clip"`` keeps training in that case.
 
   Args:
     z: How many standard deviations above the mean a norm may go.
