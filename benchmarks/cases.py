@@ -78,6 +78,15 @@ def _step_agc(optimizer: optax.GradientTransformation,
 
 CASES = (
     Case(
+        # The control: one optax chain against itself. Its ratio is what the machine's noise
+        # alone gives, the scale against which every other ratio is read.
+        "control: optax against itself",
+        "clip_by_global_norm + sgd",
+        lambda: _clipped(optax.sgd(LEARNING_RATE)),
+        lambda: _clipped(optax.sgd(LEARNING_RATE)),
+        same_step=True,
+    ),
+    Case(
         "norm_excess",
         "clip_by_global_norm + sgd",
         lambda: _bare(osp.norm_excess(MAX_NORM), alpha=-1.0),

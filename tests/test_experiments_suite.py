@@ -37,11 +37,18 @@ def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
       "split_adam", "split_adam:alpha=0", "adam"]
   assert adding["command"].splitlines()[-1].endswith("--optimizers adam --out "
                                                      f"{tmp_path} --no-progress")
-  # --drop takes an earlier row out of the report.
+  # --drop takes an earlier row out of the report. An earlier results.json
+  # without per-seed numbers (before 0.3.0) gets them from its best grid point.
+  results = tmp_path / "adding" / "results.json"
+  earlier = json.loads(results.read_text())
+  expected = {s["optimizer"]: s.pop("by_seed") for s in earlier["optimizers"]}
+  results.write_text(json.dumps(earlier))
   cli.main(["suite", "--quick", "--tasks", "adding", "--optimizers", "adam", "--drop",
             "split_adam:alpha=0", "--out", str(tmp_path), "--no-progress"])
   dropped = json.loads((tmp_path / "suite.json").read_text())["tasks"][0]
   assert [s["optimizer"] for s in dropped["optimizers"]] == ["split_adam", "adam"]
+  merged = json.loads(results.read_text())["optimizers"]
+  assert merged[0]["by_seed"] == expected["split_adam"]
 
 
 def _summary(name, finals, init=8.0):

@@ -239,7 +239,7 @@ def _with_earlier(path: Path, task: tasks.Task, settings: dict, summaries: list[
   if not same:
     return summaries, command
   gone = {s["optimizer"] for s in summaries} | set(drop)
-  kept = [s for s in earlier["optimizers"] if s["optimizer"] not in gone]
+  kept = [report.with_seeds(s) for s in earlier["optimizers"] if s["optimizer"] not in gone]
   commands = dict.fromkeys([*earlier["command"].splitlines(), command])
   return kept + summaries, "\n".join(commands)
 

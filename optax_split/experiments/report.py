@@ -125,6 +125,21 @@ def summarize(task: Task, runs: Runs) -> dict:
   return summary
 
 
+def with_seeds(summary: dict) -> dict:
+  """``summary`` with its ``by_seed`` numbers, read from its best grid point where it lacks them.
+
+  ``results.json`` files written before 0.3.0 have the per-seed numbers only in
+  their grid; a suite run that merges such a file keeps its rows comparable.
+  """
+  if "by_seed" in summary:
+    return summary
+  best = next(p for p in summary["grid"] if all(p[k] == v for k, v in summary["best"].items()))
+  by_seed = {"test_metric": best["test_metric_at_best_val"]}
+  if "steps_to_target" in best:
+    by_seed["steps_to_target"] = best["steps_to_target"]
+  return {**summary, "by_seed": by_seed}
+
+
 def _json_number(x) -> float | None:
   """A float for JSON, to 6 significant digits; None for NaN and infinities."""
   x = float(x)
