@@ -160,18 +160,22 @@ def table_rows(task: Task, summaries: list[dict], steps: int) -> tuple[list[str]
   """Header and rows of the comparison table, best first.
 
   The ranked number (the test metric, or the steps to the target) comes with
-  its median and its range over seeds.
+  its median, its range over seeds, and the paired seeds on which the first
+  row beat this one (with the sign test's p-value): which rows the first one
+  is ahead of beyond the seed noise.
   """
   options = {"target": task.target, "higher_is_better": task.higher_is_better}
   rank = verdict.ranks(summaries, **options)
   ranked = f"steps to val {task.metric} {task.target:g}" if task.target is not None \
       else f"test {task.metric} at best val"
   header = ["#", "optimizer", "best eff. rate", "other", ranked, "over seeds",
-            "diverged seeds (at best)", "diverged runs (grid)", "final train loss"]
+            "#1 better on seeds", "diverged seeds (at best)", "diverged runs (grid)",
+            "final train loss"]
   if task.target is not None:
     header.append(f"test {task.metric} at best val")
   rows = []
-  for s in sorted(summaries, key=lambda s: rank[s["optimizer"]]):
+  ordered = sorted(summaries, key=lambda s: rank[s["optimizer"]])
+  for s in ordered:
     others = ", ".join(f"{k}={v:g}" for k, v in s["best"].items() if k != "rate")
     if task.target is not None:
       reached = s["steps_to_target"]
@@ -180,6 +184,7 @@ def table_rows(task: Task, summaries: list[dict], steps: int) -> tuple[list[str]
       value = _fmt(s["test_metric_at_best_val"])
     row = [f"{rank[s['optimizer']]:g}", s["optimizer"], f"{s['best']['rate']:g}",
            others or "-", value, verdict.spread(s, target=task.target),
+           "-" if s is ordered[0] else verdict.leader_edge(ordered[0], s, **options),
            f"{s['diverged_seeds_at_best']}/{s['seeds']}", f"{s['diverged_runs']}/{s['runs']}",
            _fmt(s["final_train_loss"])]
     if task.target is not None:
@@ -234,7 +239,9 @@ def write(out: Path, task: Task, summaries: list[dict], settings: dict, command:
       f"{FINAL_FRACTION:.0%} of the steps. Test {task.metric}: median over seeds, each at its "
       "best validation point; both over the seeds that did not diverge. A run diverged if its "
       f"loss was ever non-finite or its final train loss exceeds {task.divergence_bound:.4g}. "
-      "#: the rank of that median; over seeds: its range over the seeds. The verdict sets the "
+      "#: the rank of that median; over seeds: its range over the seeds; #1 better on seeds: "
+      "the paired seeds on which the first row beat this one, with a one-sided sign test's "
+      "p-value. The verdict sets the "
       "best of optax-split against the best baseline seed by seed (each seed starts from the "
       "same params and sees the same batches under every optimizer), a diverged seed counting "
       "as worst, and calls the difference beyond the seed noise when a one-sided sign test "

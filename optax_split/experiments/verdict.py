@@ -99,6 +99,20 @@ def paired(first: dict, second: dict, *, target: float | None,
   return sum(a < b for a, b in pairs), sum(a != b for a, b in pairs)
 
 
+def leader_edge(leader: dict, other: dict, *, target: float | None,
+                higher_is_better: bool) -> str:
+  """On how many paired seeds ``leader`` beat ``other``, with the sign test's p-value.
+
+  Example:
+    >>> a = {"by_seed": {"test_metric": [0.1, 0.2, 0.1, 0.3, 0.2]}}
+    >>> b = {"by_seed": {"test_metric": [0.2, 0.3, 0.2, None, 0.4]}}
+    >>> print(leader_edge(a, b, target=None, higher_is_better=False))
+    5/5 (p 0.031)
+  """
+  wins, trials = paired(leader, other, target=target, higher_is_better=higher_is_better)
+  return f"{wins}/{len(by_seed(leader, target=target))} (p {sign_test(wins, trials):.2g})"
+
+
 def _is_split(name: str) -> bool:
   """Whether ``name`` is one of optax-split's: a preset, or wrapped in ``split_step``."""
   return name.endswith(optimizers.STEP_SPLIT) or name.partition(":")[0] in optimizers.PRESETS
