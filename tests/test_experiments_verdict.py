@@ -93,3 +93,12 @@ def test_ranks_share_ties_and_put_never_last():
           {"optimizer": "b", "steps_to_target": 100.0},
           {"optimizer": "c", "steps_to_target": None}]
   assert verdict.ranks(rows, target=0.95, higher_is_better=True) == {"a": 1.5, "b": 1.5, "c": 3.0}
+
+
+def test_verdict_calls_a_tie_a_tie():
+  rows = [_row("adam", [500.0, 600.0], target=0.95), _row("split_adam", [500.0, 600.0],
+                                                          target=0.95)]
+  line = verdict.verdict(rows, metric="accuracy", target=0.95, higher_is_better=True)
+  assert line.startswith("Verdict: a tie at the top, steps to validation accuracy 0.95 550 steps")
+  assert "better on 0 and worse on 0 of 2 paired seeds." in line
+  assert line.endswith("Presets at their defaults: split_adam #1.5 of 2.")

@@ -123,7 +123,7 @@ def _value(summary: dict, *, target: float | None) -> str:
     reached = summary.get("steps_to_target")
     return "never" if reached is None else f"{reached:g} steps"
   metric = summary["test_metric_at_best_val"]
-  return "diverged" if metric is None else f"{metric:.3g}"
+  return "diverged" if metric is None else f"{metric:.4g}"
 
 
 def _margin(leader: float, other: float, *, higher: bool, target: float | None) -> str:
@@ -167,16 +167,27 @@ p = 0.031). Presets at their defaults: split_adam #1 of 2.
   side = "the best baseline" if ours_first else "the best of optax-split"
   wins, trials = paired(leader, other, **options)
   p = sign_test(wins, trials)
+  seeds = len(by_seed(leader, target=target))
+  if score(leader, **options) == score(other, **options):
+    line = (f"Verdict: a tie at the top, {what} {_value(leader, target=target)} for "
+            f"{leader['optimizer']} and for {side}, {other['optimizer']}; "
+            f"{leader['optimizer']} is better on {wins} and worse on {trials - wins} of "
+            f"{seeds} paired seeds.")
+    return line + _presets_clause(ordered, rank)
   margin = _margin(abs(score(leader, **options)), abs(score(other, **options)),
                    higher=higher_is_better, target=target)
   beyond = p < SIGNIFICANCE
   line = (f"Verdict: {leader['optimizer']} ranks first, {what} {_value(leader, target=target)} "
           f"against {_value(other, target=target)} for {side}, {other['optimizer']} "
-          f"({margin}), {'and' if beyond else 'but'} is better on {wins} of "
-          f"{len(by_seed(leader, target=target))} paired seeds: "
-          f"{'beyond' if beyond else 'within'} the seed noise (sign test p = {p:.2g}).")
+          f"({margin}), {'and' if beyond else 'but'} is better on {wins} of {seeds} paired "
+          f"seeds: {'beyond' if beyond else 'within'} the seed noise (sign test p = {p:.2g}).")
+  return line + _presets_clause(ordered, rank)
+
+
+def _presets_clause(ordered: list[dict], rank: dict[str, float]) -> str:
+  """`` Presets at their defaults: split_adam #5, split_sgd #7 of 7.`` (empty without one)."""
   presets = [s for s in ordered if s["optimizer"] in optimizers.PRESETS]
-  if presets:
-    line += " Presets at their defaults: " + ", ".join(
-        f"{s['optimizer']} #{rank[s['optimizer']]:g}" for s in presets) + f" of {len(ordered)}."
-  return line
+  if not presets:
+    return ""
+  return " Presets at their defaults: " + ", ".join(
+      f"{s['optimizer']} #{rank[s['optimizer']]:g}" for s in presets) + f" of {len(ordered)}."
