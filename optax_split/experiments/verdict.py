@@ -58,7 +58,9 @@ def by_seed(summary: dict, *, target: float | None) -> list[float | None]:
 
 
 def spread(summary: dict, *, target: float | None) -> str:
-  """The range over seeds of the ranked number, e.g. ``"0.0029-0.0041"`` or ``"0.01-0.02, 1 div"``.
+  """The range over seeds of the ranked number, e.g. ``"0.0029-0.0041"``.
+
+  Seeds that diverged (or never reached the target) are counted after it.
 
   Example:
     >>> print(spread({"by_seed": {"test_metric": [0.02, None, 0.0104]}}, target=None))
