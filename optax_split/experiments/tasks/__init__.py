@@ -4,7 +4,8 @@ from optax_split.experiments.tasks import adding, cifar2, deep_mlp, grokking, lm
 from optax_split.experiments.tasks.base import Task
 
 _FACTORIES = {"adding": adding.adding, "deep_mlp": deep_mlp.deep_mlp,
-              "cifar2": cifar2.cifar2, "grokking": grokking.grokking, "lm": lm.lm}
+              "cifar2": cifar2.cifar2, "grokking": grokking.grokking, "lm": lm.lm,
+              "lm_gpt": lm.lm_gpt}
 NAMES = tuple(_FACTORIES)
 
 

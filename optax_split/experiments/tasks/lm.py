@@ -9,10 +9,16 @@ learned positions, no qk-LayerNorm, no z-loss), trained with a linear warm-up
 and a cosine decay of the rate, so high rates destabilise it as in Wortsman
 et al. (2023). The metric is the validation loss in bits per byte.
 
+Options change the model and its training: ``init`` (Flax's LeCun default or
+GPT-2's N(0, 0.02)), ``bias``, ``qk_layernorm`` and ``z_loss`` (Wortsman et
+al.'s model-side fixes), the sizes, and Adam's ``adam_b2``. :func:`lm_gpt` is
+the practitioners' setting: the GPT init, no biases, Adam's b2 0.95.
+
 Different Python versions ship different sources, so numbers from two
 machines are comparable only when their Python versions match.
 """
 
+import dataclasses
 import math
 import pathlib
 import sysconfig
@@ -22,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_split.experiments.tasks._transformer import CausalTransformer
+from optax_split.experiments.tasks._transformer import INITS, CausalTransformer
 from optax_split.experiments.tasks.base import Task
 
 # Uniform over the 256 byte values: what a model that learned nothing scores.
@@ -98,6 +104,17 @@ def bits_per_byte(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return nats / math.log(2)
 
 
+def z_loss_term(logits: jax.Array) -> jax.Array:
+  """``mean(log(Z)^2)``, ``Z`` the softmax's normaliser at each position (PaLM's z-loss).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> print(z_loss_term(jnp.zeros((1, 2, 4))))  # log(Z) = log 4 at both positions.
+    1.921...
+  """
+  return jnp.mean(jnp.square(jax.nn.logsumexp(logits, axis=-1)))
+
+
 def lm(
     context: int = 64,
     width: int = 64,
@@ -108,6 +125,12 @@ def lm(
     eval_windows: int = 64,
     warmup_fraction: float = 0.1,
     corpus_dir: str | None = None,
+    *,
+    init: str = "lecun",
+    bias: bool = True,
+    qk_layernorm: bool = False,
+    z_loss: float = 0.0,
+    adam_b2: float = 0.999,
 ) -> Task:
   """Next-byte prediction on the standard library's sources.
 
@@ -124,6 +147,19 @@ def lm(
       before its cosine decay to zero.
     corpus_dir: A folder of ``.py`` files to read instead of the standard
       library (for tests).
+    init: ``"lecun"`` (Flax's default Dense init) or ``"gpt"`` (GPT-2's: every
+      kernel N(0, 0.02), the attention and MLP output projections N(0, 0.02 /
+      sqrt(2 * depth))). The embeddings are N(0, 0.02) and biases zero either way.
+    bias: Whether the Dense layers and LayerNorms have biases.
+    qk_layernorm: LayerNorm on the queries and keys of each head.
+    z_loss: Coefficient of the auxiliary loss ``z_loss * mean(log(Z)^2)`` on
+      the output logits (e.g. 1e-4; 0 turns it off). Only the training loss
+      has it: the metric stays the cross-entropy in bits per byte.
+    adam_b2: The second-moment decay of every Adam-like optimizer.
+
+  Raises:
+    ValueError: when ``init`` is neither ``"lecun"`` nor ``"gpt"`` or ``z_loss``
+      is negative.
 
   Example:
     >>> import jax
@@ -133,10 +169,15 @@ def lm(
     >>> print(task.loss(params, task.sample(task.data, jax.random.PRNGKey(1))).shape)
     ()
   """
+  if init not in INITS:
+    raise ValueError(f"`init` must be one of {INITS}, got {init!r}: e.g. lm(init='gpt').")
+  if z_loss < 0:
+    raise ValueError(f"`z_loss` must be >= 0, got {z_loss}: e.g. lm(z_loss=1e-4), or 0 for none.")
   root = pathlib.Path(corpus_dir) if corpus_dir else stdlib_root()
   corpus = read_corpus(root, max_bytes)
   model = CausalTransformer(vocab=256, outputs=256, max_length=context, width=width,
-                            depth=depth, heads=heads)
+                            depth=depth, heads=heads, weight_init=init, bias=bias,
+                            qk_layernorm=qk_layernorm)
   data = {"train": jnp.asarray(corpus["train"])}
   for split in ("val", "test"):
     data[split] = jnp.asarray(windows(corpus[split], eval_windows, context + 1))
@@ -152,7 +193,12 @@ def lm(
     return bits_per_byte(model.apply(params, sequences[:, :-1]), sequences[:, 1:])
 
   def loss(params, batch):
-    return bits(params, batch) * math.log(2)  # nats, as trained
+    if not z_loss:
+      return bits(params, batch) * math.log(2)  # nats, as trained
+    batch = batch.astype(jnp.int32)
+    logits = model.apply(params, batch[:, :-1])
+    nats = bits_per_byte(logits, batch[:, 1:]) * math.log(2)
+    return nats + z_loss * z_loss_term(logits)
 
   def evaluate(params, data):
     return bits(params, data["val"]), bits(params, data["test"])
@@ -175,9 +221,31 @@ def lm(
       adaptive_rates=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
       steps=600,
       eval_every=50,
+      adam_b2=adam_b2,
       schedule=schedule,
       settings={"context": context, "width": width, "depth": depth, "heads": heads,
                 "batch_size": batch_size, "train/val/test bytes":
                 f"{train_size}/{len(corpus['val'])}/{len(corpus['test'])}",
-                "eval windows": eval_windows, "warm-up": f"{warmup_fraction:.0%}, cosine"},
+                "eval windows": eval_windows, "warm-up": f"{warmup_fraction:.0%}, cosine",
+                "init": init, "bias": bias, "qk_layernorm": qk_layernorm, "z_loss": z_loss,
+                "adam_b2": adam_b2},
   )
+
+
+def lm_gpt(*, init: str = "gpt", bias: bool = False, adam_b2: float = 0.95, **options) -> Task:
+  """The practitioners' setting of :func:`lm`: GPT-2's init, no biases, Adam's b2 0.95.
+
+  GPT-2's init (Radford et al. 2019, as nanoGPT and Wortsman et al. 2023 use
+  it): every kernel and embedding N(0, 0.02), the residual output projections
+  N(0, 0.02 / sqrt(2 * depth)); no biases in the Dense layers and LayerNorms
+  (nanoGPT's ``bias=False``); Adam's second-moment decay 0.95 (nanoGPT's
+  ``beta2``). Everything else, and any option given, as :func:`lm`.
+
+  Example:
+    >>> task = lm_gpt(context=8, width=8, depth=1, heads=2, batch_size=2, max_bytes=20_000,
+    ...               eval_windows=4)
+    >>> print(task.name, task.adam_b2, task.settings["init"])
+    lm_gpt 0.95 gpt
+  """
+  task = lm(init=init, bias=bias, adam_b2=adam_b2, **options)
+  return dataclasses.replace(task, name="lm_gpt")
