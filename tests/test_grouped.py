@@ -151,3 +151,22 @@ def test_misuse_fails_early():
   with pytest.raises(TypeError, match="`param_labels`"):
     osp.split(osp.grouped(osp.spike_excess(), lambda p: jax.tree.map(lambda _: 1.5, p))).init(
         jnp.zeros(2))
+
+
+def test_the_share_of_several_groups_stays_finite_when_the_squares_overflow():
+  # At 1e20 times the scale, ||g||^2 overflows float32 while every norm is finite: the
+  # share must come out as at the normal scale, not as inf / inf.
+  def share(scale):
+    # At the first step only the absolute cap acts: spike_excess measures an overflowing
+    # norm again, so each group's own share is right at both scales.
+    guard = osp.spike_excess(warmup=1, max_ratio=None, max_norm=2.5 * scale)
+    tx = osp.split(osp.grouped(guard), global_share=True)
+    params = {"a": jnp.zeros(2), "b": jnp.zeros(3)}
+    grads = {"a": jnp.array([3.0, 4.0]) * scale, "b": jnp.array([0.1, 0.0, 0.0]) * scale}
+    _, state = tx.update(grads, tx.init(params), params)
+    return optax.tree.get(state, "global_share")
+
+  assert jnp.sum(jnp.square(jnp.float32(5e20))) == jnp.inf
+  # a is cut from norm 5 to 2.5 (share 0.25 of its 25), b is within budget.
+  np.testing.assert_allclose(share(1.0), 0.25 * 25 / 25.01, rtol=1e-6)
+  np.testing.assert_allclose(share(1e20), share(1.0), rtol=1e-5)

@@ -1,10 +1,12 @@
 """``grouped``: another decomposition applied to each group of leaves, with its own state."""
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from optax_split import _numerics
@@ -43,6 +45,18 @@ class Grouped(base.Decomposition):
 
   decomposition: base.Decomposition
   param_labels: Any = None
+
+  def __post_init__(self):
+    if not isinstance(self.decomposition, base.Decomposition):
+      raise TypeError(
+          f"grouped() expects a decomposition such as spike_excess(), got "
+          f"{self.decomposition!r}. E.g. grouped(spike_excess(), param_labels=None)."
+      )
+    if isinstance(self.param_labels, base.Decomposition):
+      raise TypeError(
+          "grouped() takes one decomposition and then `param_labels`, got a second "
+          f"decomposition {self.param_labels!r}. To use two, chain two splits."
+      )
 
   def _leaf_labels(self, tree: Any) -> list[str]:
     """One string label per leaf of ``tree``, in the order of ``jax.tree.leaves``."""
@@ -121,8 +135,7 @@ class Grouped(base.Decomposition):
       # One group is the inner decomposition itself, to the bit.
       (share,) = shares.values()
     else:
-      global_sq = sum(shares[k] * squares[k] for k in groups)
-      share = base.share(global_sq, sum(squares.values()))
+      share = _combined_share(shares, squares, groups)
 
     leaf_labels = self._leaf_labels(updates)
     treedef = jax.tree.structure(updates)
@@ -132,6 +145,29 @@ class Grouped(base.Decomposition):
       return treedef.unflatten([next(iterators[label]) for label in leaf_labels])
 
     return reassemble(local_parts), reassemble(global_parts), GroupedState(new_states), share
+
+
+def _combined_share(shares: dict, squares: dict, groups: dict) -> jax.Array:
+  """``sum_k share_k ||g_k||^2 / sum_k ||g_k||^2``, finite where only the squares overflow.
+
+  A finite step whose squared norm overflows would give inf / inf; only then
+  (``lax.cond``: no cost on other steps) the weights are taken again from the
+  groups' norms relative to the largest one.
+  """
+  labels = sorted(groups)
+  total_sq = sum(squares[k] for k in labels)
+
+  def plain() -> jax.Array:
+    return base.share(sum(shares[k] * squares[k] for k in labels), total_sq)
+
+  def rescaled() -> jax.Array:
+    norms = [_numerics.tree_norm(groups[k]).astype(base.STAT_DTYPE) for k in labels]
+    largest = functools.reduce(jnp.maximum, norms)
+    weights = [jnp.square(_numerics.safe_divide(norm, largest)) for norm in norms]
+    return base.share(sum(shares[k] * w for k, w in zip(labels, weights, strict=True)),
+                      sum(weights))
+
+  return jax.lax.cond(total_sq == jnp.inf, rescaled, plain)
 
 
 def grouped(
@@ -179,14 +215,4 @@ def grouped(
     Wang et al., `AdaGC: Improving Training Stability for Large Language Model
     Pretraining <https://arxiv.org/abs/2502.11034>`_, 2025.
   """
-  if not isinstance(decomposition, base.Decomposition):
-    raise TypeError(
-        f"grouped() expects a decomposition such as spike_excess(), got {decomposition!r}. "
-        "E.g. grouped(spike_excess(), param_labels=None)."
-    )
-  if isinstance(param_labels, base.Decomposition):
-    raise TypeError(
-        "grouped() takes one decomposition and then `param_labels`, got a second "
-        f"decomposition {param_labels!r}. To use two, chain two splits."
-    )
   return Grouped(decomposition, param_labels)

@@ -16,6 +16,12 @@ class MeanComponent(base.Decomposition):
 
   keep_axis: int = -1
 
+  def __post_init__(self):
+    if not isinstance(self.keep_axis, int) or isinstance(self.keep_axis, bool):
+      raise TypeError(
+          f"`keep_axis` must be an int, got {self.keep_axis!r}. E.g. mean_component(-1)."
+      )
+
   def init(self, params):
     del params
     return optax.EmptyState()
@@ -79,6 +85,4 @@ def mean_component(keep_axis: int = -1) -> MeanComponent:
     Yong et al., `Gradient Centralization: A New Optimization Technique for Deep
     Neural Networks <https://arxiv.org/abs/2004.01461>`_, 2020.
   """
-  if not isinstance(keep_axis, int) or isinstance(keep_axis, bool):
-    raise TypeError(f"`keep_axis` must be an int, got {keep_axis!r}. E.g. mean_component(-1).")
   return MeanComponent(keep_axis)

@@ -15,6 +15,11 @@ class NormExcess(base.Decomposition):
 
   max_norm: float
 
+  def __post_init__(self):
+    _validation.check_range(
+        "max_norm", self.max_norm, low=0.0, fix="E.g. norm_excess(max_norm=1.0)."
+    )
+
   def init(self, params):
     del params
     return optax.EmptyState()
@@ -54,7 +59,4 @@ def norm_excess(max_norm: float) -> NormExcess:
     Pascanu et al., `On the difficulty of training Recurrent Neural Networks
     <https://arxiv.org/abs/1211.5063>`_, 2013.
   """
-  _validation.check_range(
-      "max_norm", max_norm, low=0.0, fix="E.g. norm_excess(max_norm=1.0)."
-  )
   return NormExcess(max_norm)

@@ -49,6 +49,35 @@ class SpikeExcess(base.Decomposition):
   max_norm: float | None = None
   on_spike: str = "clip"
 
+  def __post_init__(self):
+    _validation.check_range(
+        "z", self.z, low=0.0, low_inclusive=False, fix="E.g. spike_excess(z=2.5)."
+    )
+    _validation.check_range(
+        "decay", self.decay, low=0.0, high=1.0, high_inclusive=False,
+        fix="E.g. spike_excess(decay=0.97).",
+    )
+    if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 1:
+      raise ValueError(
+          f"`warmup` must be an int of at least 1, got {self.warmup!r}: the statistics "
+          "need one step to start from. E.g. spike_excess(warmup=25)."
+      )
+    if self.max_ratio is not None:
+      _validation.check_range(
+          "max_ratio", self.max_ratio, low=1.0,
+          fix="A cap below the running mean clips every step; e.g. spike_excess(max_ratio=10.0), "
+          "or None.",
+      )
+    if self.max_norm is not None:
+      _validation.check_range(
+          "max_norm", self.max_norm, low=0.0, fix="E.g. spike_excess(max_norm=1.0), or None."
+      )
+    if self.on_spike not in ("clip", "skip"):
+      raise ValueError(
+          f'`on_spike` must be "clip" or "skip", got {self.on_spike!r}. E.g. '
+          'spike_excess(on_spike="skip") to skip the whole step on a spike.'
+      )
+
   def init(self, params):
     del params
     # One fresh array per field: a training loop that donates the state must
@@ -136,59 +165,41 @@ def spike_excess(
   The statistics are fed the clipped norm, so a spike cannot raise the bar for
   the next one. During the first ``warmup`` steps only the caps apply.
 
-  **Drift and bursts.** The statistics follow a slow drift of the norm (it
-  grows several-fold late in many runs, and shrinks after the first steps):
-  a drift of 30x up or down over 1,000 to 100,000 steps clips at most about
-  1% of the steps, while a burst (one step or a few, 10x to 1000x the recent
-  norm) is cut to the threshold, direction kept (``tests/test_guard_drift.py``
-  measures both). ``z = 3.5`` keeps the noise's own tail from clipping: at
-  ZClip's 2.5 a run drifting 30x over 10,000 steps with 20% lognormal noise
-  in its norm clips about 2.5% of its steps with no spike at all.
+  **Drift and bursts.** Gradient norms drift several-fold over a run; the
+  statistics follow such a drift, while a burst of one step or a few is cut to
+  the threshold, its direction kept. ``z`` sets how far the noise's own tail
+  may reach before it is clipped; the README's section on the guard gives what
+  each setting clips, as ``tests/spike_excess/test_drift.py`` measures it.
 
   **What bounds the step.** Two caps bound the threshold:
 
   - ``max_ratio`` (relative, on by default): the threshold never exceeds
     ``max_ratio`` times ``norm_mean``, the running mean of the guarded
-    (clipped) norms before the step, an EMA over about ``1 / (1 - decay)``
-    steps (a plain mean during the warm-up, from the second step on). It is
-    never frozen, and since the mean is fed clipped norms it rises by at most
-    a factor ``1 + (1 - decay) * (max_ratio - 1)`` per step (1.27 at the
-    defaults) however large the gradients grow.
+    (clipped) norms before the step. It is never frozen, and since the mean is
+    fed clipped norms it rises by at most a factor
+    ``1 + (1 - decay) * (max_ratio - 1)`` per step however large the
+    gradients grow.
   - ``max_norm`` (absolute, off by default): as ZClip's reference code does.
 
-  So after the first step every guarded norm is at most ``max_ratio`` times
-  the mean of the guarded norms before it (and at most ``max_norm``). The
-  first step has no statistics and passes. A finite gradient whose squared
-  norm overflows the float32 sum (norm above about 1.8e19) is measured
-  again, rescaled, and cut like any other spike. Non-finite steps count as
-  spikes and leave the statistics and the cap unchanged. ZClip's reference
-  setting is ``spike_excess(z=2.5, max_ratio=None, max_norm=1.0)``.
+  The first step has no statistics and passes. A finite gradient whose
+  squared norm overflows the float32 sum is measured again, rescaled, and cut
+  like any other spike. Non-finite steps count as spikes and leave the
+  statistics and the cap unchanged. ZClip's reference setting is
+  ``spike_excess(z=2.5, max_ratio=None, max_norm=1.0)``.
+
+  **Skipping.** With ``on_spike="skip"`` a step whose norm exceeds the
+  threshold (or is not finite) becomes wholly global (``local = 0``,
+  ``G = g``), so :func:`optax_split.guard` and ``scale_global(0.0)``, which
+  drop the global branch, turn it into a zero gradient, as MaxText's
+  ``skip_step_on_spikes`` and Levanter's ``SkipStepConfig`` do. Unlike
+  ``optax.apply_if_finite`` the later stages still run on that zero gradient,
+  so their moments keep moving the params. The statistics are not fed the
+  skipped norm; a norm that rises for good past the threshold is skipped at
+  every step, where ``on_spike="clip"`` keeps training.
 
   Diagnostics in the state: ``norm`` (seen before clipping), ``threshold`` (in
   force at the last step), ``cap`` and ``spike_count``; :func:`diagnostics`
   collects them.
-
-  With ``on_spike="skip"`` a step whose norm exceeds the threshold (or is not
-  finite) is skipped rather than clipped: it becomes wholly global
-  (``local = 0``, ``G = g``), so with ``alpha = -1`` (``scale_global(0.0)``,
-  or as the presets' ``guard``) the step's gradient is dropped, as MaxText's
-  ``skip_step_on_spikes``, Levanter's ``SkipStepConfig`` and axlearn's
-  ``skip_and_clip_by_global_norm`` do. The statistics, the cap and ``count``
-  stay as they were (the skipped norm is not fed to them); ``spike_count``
-  counts the step.
-
-  How it differs from ``optax.apply_if_finite``: that reacts only to NaN and
-  Inf, and then freezes the whole optimizer state. Skipping reacts to a large
-  finite norm too, but only zeroes the gradient: the stages after it still run
-  on the zero gradient, so what they remember still moves the params (the
-  trend of the presets' default decomposition when ``alpha != 0``, momentum,
-  Adam's moments) and their counts advance. With a stateless decomposition and
-  plain SGD the params stay put. The presets' guard keeps only the local part,
-  and so does ``scale_global(0.0)``, which drops the global branch rather than
-  multiplying it by 0: a non-finite step becomes a zero gradient in both. Any
-  other rate multiplies, and ``0.5 * NaN`` is NaN. If the norm rises for good
-  past the threshold, every step is skipped (``spike_count`` then grows step
-  by step); ``on_spike="clip"`` keeps training in that case.
 
   Args:
     z: How many standard deviations above the mean a norm may go.
@@ -233,29 +244,4 @@ def spike_excess(
     Kumar et al., `ZClip: Adaptive Spike Mitigation for LLM Pre-Training
     <https://arxiv.org/abs/2504.02507>`_, 2025.
   """
-  _validation.check_range("z", z, low=0.0, low_inclusive=False, fix="E.g. spike_excess(z=2.5).")
-  _validation.check_range(
-      "decay", decay, low=0.0, high=1.0, high_inclusive=False,
-      fix="E.g. spike_excess(decay=0.97).",
-  )
-  if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 1:
-    raise ValueError(
-        f"`warmup` must be an int of at least 1, got {warmup!r}: the statistics "
-        "need one step to start from. E.g. spike_excess(warmup=25)."
-    )
-  if max_ratio is not None:
-    _validation.check_range(
-        "max_ratio", max_ratio, low=1.0,
-        fix="A cap below the running mean clips every step; e.g. spike_excess(max_ratio=10.0), "
-        "or None.",
-    )
-  if max_norm is not None:
-    _validation.check_range(
-        "max_norm", max_norm, low=0.0, fix="E.g. spike_excess(max_norm=1.0), or None."
-    )
-  if on_spike not in ("clip", "skip"):
-    raise ValueError(
-        f'`on_spike` must be "clip" or "skip", got {on_spike!r}. E.g. '
-        'spike_excess(on_spike="skip") to skip the whole step on a spike.'
-    )
   return SpikeExcess(z, decay, warmup, max_ratio, max_norm, on_spike)

@@ -29,6 +29,12 @@ class TrendComponent(base.Decomposition):
 
   decay: float = 0.98
 
+  def __post_init__(self):
+    _validation.check_range(
+        "decay", self.decay, low=0.0, high=1.0, high_inclusive=False,
+        fix="E.g. trend_component(decay=0.98).",
+    )
+
   def init(self, params):
     return TrendState(count=jnp.zeros([], jnp.int32), trend=optax.tree.zeros_like(params))
 
@@ -87,8 +93,4 @@ def trend_component(decay: float = 0.98) -> TrendComponent:
     Lee et al., `Grokfast: Accelerated Grokking by Amplifying Slow Gradients
     <https://arxiv.org/abs/2405.20233>`_, 2024.
   """
-  _validation.check_range(
-      "decay", decay, low=0.0, high=1.0, high_inclusive=False,
-      fix="E.g. trend_component(decay=0.98).",
-  )
   return TrendComponent(decay)

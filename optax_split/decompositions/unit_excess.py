@@ -32,6 +32,18 @@ class UnitExcess(base.Decomposition):
   eps: float = 1e-3
   min_ndim: int = 0
 
+  def __post_init__(self):
+    _validation.check_range(
+        "clipping", self.clipping, low=0.0, low_inclusive=False,
+        fix="E.g. unit_excess(clipping=0.01).",
+    )
+    _validation.check_range("eps", self.eps, low=0.0, fix="E.g. unit_excess(eps=1e-3).")
+    if not isinstance(self.min_ndim, int) or isinstance(self.min_ndim, bool) or self.min_ndim < 0:
+      raise ValueError(
+          f"`min_ndim` must be an int of at least 0, got {self.min_ndim!r}. E.g. "
+          "unit_excess(min_ndim=2) leaves biases and scales alone."
+      )
+
   def init(self, params):
     del params
     return optax.EmptyState()
@@ -108,13 +120,4 @@ def unit_excess(
     Brock et al., `High-Performance Large-Scale Image Recognition Without
     Normalization <https://arxiv.org/abs/2102.06171>`_, 2021.
   """
-  _validation.check_range(
-      "clipping", clipping, low=0.0, low_inclusive=False, fix="E.g. unit_excess(clipping=0.01)."
-  )
-  _validation.check_range("eps", eps, low=0.0, fix="E.g. unit_excess(eps=1e-3).")
-  if not isinstance(min_ndim, int) or isinstance(min_ndim, bool) or min_ndim < 0:
-    raise ValueError(
-        f"`min_ndim` must be an int of at least 0, got {min_ndim!r}. E.g. "
-        "unit_excess(min_ndim=2) leaves biases and scales alone."
-    )
   return UnitExcess(clipping, eps, min_ndim)
