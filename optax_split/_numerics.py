@@ -39,19 +39,24 @@ def tree_norm(tree: Any) -> jax.Array:
 
   A finite gradient of norm above about 1.8e19 overflows the float32 sum of
   squares; only then (``lax.cond``: no cost on other steps) the norm is taken
-  again from the elements scaled by their largest magnitude. It is inf or NaN
+  again, each leaf scaled by its own largest magnitude. It is inf or NaN
   exactly when an element is, or when the norm itself exceeds the dtype's range.
   """
   squared = tree_squared_norm(tree)
 
   def rescaled() -> jax.Array:
-    leaves = jax.tree.leaves(tree)
     dtype = squared.dtype
-    largest = functools.reduce(
-        jnp.maximum, [jnp.max(jnp.abs(leaf)).astype(dtype) for leaf in leaves if leaf.size],
-        jnp.zeros([], dtype))
+    leaves = [leaf.astype(dtype) for leaf in jax.tree.leaves(tree) if leaf.size]
+    largest_each = [jnp.max(jnp.abs(leaf)) for leaf in leaves]
+    largest = functools.reduce(jnp.maximum, largest_each, jnp.zeros([], dtype))
     scale = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1)
-    scaled = sum(squared_norm(leaf.astype(dtype) / scale) for leaf in leaves)
+    # Each leaf is divided by its own largest magnitude, not by the tree's: a
+    # divisor that depends on every leaf makes XLA's CPU backend hold a
+    # leaf-sized temporary for the division (tests/test_step_cost.py).
+    scaled = sum(
+        squared_norm(leaf / jnp.where(most > 0, most, 1)) * jnp.square(most / scale)
+        for leaf, most in zip(leaves, largest_each, strict=True)
+    )
     return jnp.where(jnp.isfinite(largest), scale * jnp.sqrt(scaled), largest + squared)
 
   return jax.lax.cond(squared == jnp.inf, rescaled, lambda: jnp.sqrt(squared))

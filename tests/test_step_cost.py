@@ -178,3 +178,36 @@ def _dropping(decomposition, alpha=-1.0):
 ], ids=["norm_excess", "mean_component", "unit_excess", "split_step", "trend_component"])
 def test_the_split_does_no_more_work_per_element_than_its_optax_twin(split_tx, optax_tx, extra):
   assert _elementwise_ops(split_tx) <= _elementwise_ops(optax_tx) + extra
+
+
+def _temporary_bytes(tx, params, grads) -> int:
+  """Temporary memory of the compiled update-and-apply step, params and state donated."""
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = jax.tree.map(jnp.copy, params)
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), grads).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("guarded", [
+    pytest.param(lambda: optax.chain(osp.split(osp.spike_excess(max_norm=1.0)),
+                                     osp.scale_global(0.0), osp.combine(), optax.sgd(0.1)),
+                 id="split(spike_excess)"),
+    pytest.param(lambda: optax.chain(osp.guard(), optax.sgd(0.1)), id="guard"),
+    pytest.param(lambda: osp.split_sgd(1.0, decomposition=None), id="split_sgd's guard"),
+])
+def test_the_guard_holds_no_leaf_sized_temporary(guarded):
+  # The overflow branch of the guard's norm must not make the compiled step keep a copy
+  # of a leaf: its temporary stays within a few kilobytes of optax's clip.
+  keys = jax.random.split(jax.random.key(0), 4)
+  params = {f"layer{i}": {"kernel": jax.random.normal(keys[i], (512, 512)),
+                          "bias": jnp.zeros(512)} for i in range(2)}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  leaf_bytes = 512 * 512 * 4
+  ours = _temporary_bytes(guarded(), params, grads)
+  reference = _temporary_bytes(optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)),
+                               params, grads)
+  assert ours < reference + leaf_bytes // 16, (ours, reference)
