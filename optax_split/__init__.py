@@ -3,12 +3,16 @@
 Composable Optax transformations against exploding gradients and loss spikes:
 :func:`split` a gradient with a decomposition, scale or transform each branch,
 :func:`combine` the branches again; split the step any optimizer makes with
-:func:`split_step`; or use the presets :func:`split_sgd` and :func:`split_adam`.
+:func:`split_step`; clip spikes in any chain with :func:`guard`; or use the
+presets :func:`split_sgd` and :func:`split_adam`, built from those pieces with
+the defaults in :mod:`optax_split.defaults`.
 """
 
+from optax_split import defaults
 from optax_split._diagnostics import diagnostics
-from optax_split._presets import GuardState, split_adam, split_rates, split_sgd
-from optax_split._slow_trend import SlowTrendAdamState
+from optax_split._guard import GuardState, guard
+from optax_split._presets import split_adam, split_rates, split_sgd
+from optax_split._schedules import map_schedules
 from optax_split._split import (
     SplitState,
     SplitUpdates,
@@ -39,7 +43,7 @@ from optax_split.decompositions import (
     unit_excess,
 )
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "Decomposition",
@@ -50,15 +54,17 @@ __all__ = [
     "NormExcess",
     "SpikeExcess",
     "SpikeExcessState",
-    "SlowTrendAdamState",
     "SplitState",
     "SplitUpdates",
     "TrendComponent",
     "TrendState",
     "UnitExcess",
     "combine",
+    "defaults",
     "diagnostics",
     "grouped",
+    "guard",
+    "map_schedules",
     "mean_component",
     "norm_excess",
     "on_global",

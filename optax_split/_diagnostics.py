@@ -5,7 +5,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from optax_split._presets import GuardState
+from optax_split._guard import GuardState
 from optax_split._split import SplitState
 from optax_split.decompositions.grouped import GroupedState
 from optax_split.decompositions.spike_excess import SpikeExcessState
@@ -50,7 +50,7 @@ def diagnostics(state: Any) -> dict[str, jax.Array]:
   ``partition``, :func:`on_local` / :func:`on_global` and dicts. Each name is
   ``role/quantity``, the role telling which stage it comes from:
 
-  - ``guard/...``: the presets' guard (see :func:`split_sgd`); with
+  - ``guard/...``: a :func:`guard`, such as the presets'; with
     :func:`spike_excess`, ``guard/norm`` (the gradient norm the guard saw,
     before it acted), ``guard/threshold`` (in force at the last step),
     ``guard/cap`` and ``guard/spike_count``.

@@ -1,47 +1,32 @@
-"""The reference rates and the ready-made optimizers built on them."""
+"""The reference rates, and the presets: ``split_step`` around a guarded optax optimizer."""
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optax_split import _validation
-from optax_split._slow_trend import scale_by_adam_with_slow_trend
-from optax_split._step import DEFAULT_STEP_DECOMPOSITION, check_alpha, one_plus, reweight
-from optax_split.decompositions import Decomposition, spike_excess
-
-# The presets' defaults; README.md ("Choosing the defaults") shows the suite's
-# evidence behind them. The split sits on the step, after the optimizer and the
-# rate: the part of each kernel unit's step over 1% of its weight norm is
-# dropped (alpha = -1).
-DEFAULT_ALPHA = -1.0
-DEFAULT_DECOMPOSITION = DEFAULT_STEP_DECOMPOSITION
-# No absolute gradient-norm number: the guard's bound follows the run's own
-# recent norms.
-DEFAULT_GUARD = spike_excess()
+from optax_split import _validation, defaults
+from optax_split._guard import guard as guard_transformation
+from optax_split._schedules import map_schedules
+from optax_split._step import check_alpha, split_step
+from optax_split.decompositions import Decomposition
 
 
-def _check_local_fraction(local_fraction: Any) -> None:
+def _local_rate(learning_rate: optax.ScalarOrSchedule,
+                local_fraction: Any) -> optax.ScalarOrSchedule:
+  """``eta_local = local_fraction * learning_rate``, after checking ``local_fraction``."""
   _validation.check_range(
       "local_fraction", local_fraction, low=0.0, low_inclusive=False,
       fix="It sets eta_local = local_fraction * learning_rate; the reference is 0.01.",
   )
-
-
-def _times(factor: Any, rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
-  """``factor * rate`` where either may be a schedule of the step count."""
-  if callable(factor) or callable(rate):
-    as_schedule = lambda x: x if callable(x) else (lambda count: x)  # noqa: E731
-    factor_fn, rate_fn = as_schedule(factor), as_schedule(rate)
-    return lambda count: factor_fn(count) * rate_fn(count)
-  return factor * rate
+  return map_schedules(lambda fraction, rate: fraction * rate, local_fraction, learning_rate)
 
 
 def split_rates(
     learning_rate: optax.ScalarOrSchedule,
     alpha: optax.ScalarOrSchedule,
-    local_fraction: jax.typing.ArrayLike = 0.01,
+    local_fraction: jax.typing.ArrayLike = defaults.LOCAL_FRACTION,
 ) -> tuple[optax.ScalarOrSchedule, optax.ScalarOrSchedule]:
   """The reference rates: ``eta_local`` and ``eta_global = (1 + alpha) * eta_local``.
 
@@ -68,43 +53,8 @@ def split_rates(
     0.015
   """
   check_alpha(alpha)
-  _check_local_fraction(local_fraction)
-  eta_local = _times(local_fraction, learning_rate)
-  return eta_local, _times(one_plus(alpha), eta_local)
-
-
-class GuardState(NamedTuple):
-  """State of the presets' guard (see :func:`split_sgd`).
-
-  Its own type tells the guard's statistics from those of a split's
-  decomposition, e.g. for :func:`optax_split.diagnostics`.
-
-  Attributes:
-    decomposition: The guard decomposition's state.
-  """
-
-  decomposition: Any
-
-
-def _drop_global(guard: Decomposition | None) -> optax.GradientTransformation:
-  """Keeps only the local part of the guard's split: the step's absolute bound."""
-  if guard is None:
-    return optax.identity()
-  if not isinstance(guard, Decomposition):
-    raise TypeError(f"`guard` must be a decomposition such as spike_excess() "
-                    f"or None, got {guard!r}.")
-
-  def init_fn(params):
-    return GuardState(guard.init(params))
-
-  def update_fn(updates, state, params=None):
-    _validation.check_float_leaves(updates, what="updates", caller="The guard")
-    updates = _validation.as_arrays(updates)
-    params = None if params is None else _validation.as_arrays(params)
-    local, _, inner, _ = guard.decompose(updates, state.decomposition, params)
-    return local, GuardState(inner)
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  eta_local = _local_rate(learning_rate, local_fraction)
+  return eta_local, map_schedules(lambda a, rate: (1 + a) * rate, alpha, eta_local)
 
 
 def _decay_weights(weight_decay: jax.typing.ArrayLike) -> optax.GradientTransformation:
@@ -129,35 +79,24 @@ def _decay_weights(weight_decay: jax.typing.ArrayLike) -> optax.GradientTransfor
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def _preset(
-    guard: Decomposition | None,
-    direction: optax.GradientTransformation,
-    weight_decay: jax.typing.ArrayLike,
-    learning_rate: optax.ScalarOrSchedule,
-    local_fraction: jax.typing.ArrayLike,
-    decomposition: Decomposition | None,
-    alpha: optax.ScalarOrSchedule,
-    global_share: bool,
-) -> optax.GradientTransformation:
-  """guard -> the optimizer's direction -> weight decay -> the rate -> the step's split."""
-  _check_local_fraction(local_fraction)
-  return optax.chain(
-      _drop_global(guard),
-      direction,
-      _decay_weights(weight_decay),
-      optax.scale_by_learning_rate(_times(local_fraction, learning_rate)),
-      reweight(decomposition, alpha, global_share),
-  )
+def _guarded(guard: Decomposition | None) -> optax.GradientTransformation:
+  """The presets' ``guard`` argument as a transformation: None for none."""
+  if guard is None:
+    return optax.identity()
+  if not isinstance(guard, Decomposition):
+    raise TypeError(f"`guard` must be a decomposition such as spike_excess() or None, "
+                    f"got {guard!r}. E.g. split_adam(1.0, guard=spike_excess(z=2.5)).")
+  return guard_transformation(guard)
 
 
 def split_sgd(
     learning_rate: optax.ScalarOrSchedule,
-    alpha: optax.ScalarOrSchedule = DEFAULT_ALPHA,
+    alpha: optax.ScalarOrSchedule = defaults.ALPHA,
     *,
-    decomposition: Decomposition | None = DEFAULT_DECOMPOSITION,
-    guard: Decomposition | None = DEFAULT_GUARD,
-    local_fraction: jax.typing.ArrayLike = 0.01,
-    momentum: jax.typing.ArrayLike | None = 0.9,
+    decomposition: Decomposition | None = defaults.STEP_DECOMPOSITION,
+    guard: Decomposition | None = defaults.GUARD,
+    local_fraction: jax.typing.ArrayLike = defaults.LOCAL_FRACTION,
+    momentum: jax.typing.ArrayLike | None = defaults.MOMENTUM,
     nesterov: bool = False,
     weight_decay: jax.typing.ArrayLike = 0.0,
     global_share: bool = True,
@@ -216,19 +155,22 @@ def split_sgd(
     >>> print(float(loss(params)) < 1e-3)
     True
   """
-  direction = (optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None
-               else optax.identity())
-  return _preset(guard, direction, weight_decay, learning_rate, local_fraction, decomposition,
-                 alpha, global_share)
+  momentum_sgd = optax.chain(
+      _guarded(guard),
+      optax.identity() if momentum is None else optax.trace(decay=momentum, nesterov=nesterov),
+      _decay_weights(weight_decay),
+      optax.scale_by_learning_rate(_local_rate(learning_rate, local_fraction)),
+  )
+  return split_step(momentum_sgd, alpha, decomposition=decomposition, global_share=global_share)
 
 
 def split_adam(
     learning_rate: optax.ScalarOrSchedule,
-    alpha: optax.ScalarOrSchedule = DEFAULT_ALPHA,
+    alpha: optax.ScalarOrSchedule = defaults.ALPHA,
     *,
-    decomposition: Decomposition | None = DEFAULT_DECOMPOSITION,
-    guard: Decomposition | None = DEFAULT_GUARD,
-    local_fraction: jax.typing.ArrayLike = 0.01,
+    decomposition: Decomposition | None = defaults.STEP_DECOMPOSITION,
+    guard: Decomposition | None = defaults.GUARD,
+    local_fraction: jax.typing.ArrayLike = defaults.LOCAL_FRACTION,
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
@@ -304,6 +246,11 @@ def split_adam(
     if not callable(b3):
       _validation.check_range("b3", b3, low=0.0, high=1.0, high_inclusive=False,
                               fix="E.g. split_adam(..., b3=0.999), or b3=None.")
-    direction = scale_by_adam_with_slow_trend(b1, b2, b3, slow_alpha, eps)
-  return _preset(guard, direction, weight_decay, learning_rate, local_fraction, decomposition,
-                 alpha, global_share)
+    direction = optax.contrib.scale_by_ademamix(b1=b1, b2=b2, b3=b3, alpha=slow_alpha, eps=eps)
+  adamw = optax.chain(
+      _guarded(guard),
+      direction,
+      _decay_weights(weight_decay),
+      optax.scale_by_learning_rate(_local_rate(learning_rate, local_fraction)),
+  )
+  return split_step(adamw, alpha, decomposition=decomposition, global_share=global_share)

@@ -59,6 +59,37 @@ def _require_split(updates: Any, caller: str) -> SplitUpdates:
   return updates
 
 
+def check_decomposition(decomposition: Any, caller: str, example: str) -> None:
+  """Raises TypeError unless ``decomposition`` is a :class:`Decomposition`."""
+  if not isinstance(decomposition, Decomposition):
+    raise TypeError(
+        f"{caller}: `decomposition` must be a decomposition such as {example}, "
+        f"got {decomposition!r}."
+    )
+
+
+def decompose_checked(
+    decomposition: Decomposition, updates: Any, state: Any, params: Any, *, caller: str
+) -> tuple[Any, Any, Any, jax.Array]:
+  """``decomposition.decompose`` after the checks every splitting transformation makes.
+
+  The updates (and params, when given) must be real floating pytrees of one
+  structure, not split already; Python numbers and NumPy leaves become arrays.
+  """
+  if isinstance(updates, SplitUpdates):
+    raise TypeError(
+        f"{caller} got updates that are split already. To split one branch again, "
+        "wrap the inner chain: on_local(optax.chain(split(d), ..., combine()))."
+    )
+  _validation.check_float_leaves(updates, what="updates", caller=caller)
+  _validation.check_same_structure(updates, params, caller=caller)
+  updates = _validation.as_arrays(updates)
+  if params is not None:
+    _validation.check_float_leaves(params, what="params", caller=caller)
+    params = _validation.as_arrays(params)
+  return decomposition.decompose(updates, state, params)
+
+
 def split(
     decomposition: Decomposition, *, global_share: bool = False
 ) -> optax.GradientTransformation:
@@ -100,11 +131,7 @@ def split(
     >>> print(updates, optax.tree.get(state, "global_share"))
     [-0.75 -1.  ] 0.25
   """
-  if not isinstance(decomposition, Decomposition):
-    raise TypeError(
-        f"split() expects a decomposition such as norm_excess(1.0) or "
-        f"trend_component(), got {decomposition!r}."
-    )
+  check_decomposition(decomposition, "split()", "norm_excess(1.0) or trend_component()")
   if not isinstance(global_share, bool):
     raise TypeError(
         f"`global_share` must be True or False, got {global_share!r}. E.g. "
@@ -119,19 +146,8 @@ def split(
     )
 
   def update_fn(updates, state, params=None):
-    if isinstance(updates, SplitUpdates):
-      raise TypeError(
-          "split() got updates that are split already. To split one branch again, "
-          "wrap the inner chain: on_local(optax.chain(split(d), ..., combine()))."
-      )
-    _validation.check_float_leaves(updates, what="updates", caller="split()")
-    _validation.check_same_structure(updates, params, caller="split()")
-    updates = _validation.as_arrays(updates)
-    if params is not None:
-      _validation.check_float_leaves(params, what="params", caller="split()")
-      params = _validation.as_arrays(params)
-    local, global_, decomposition_state, share = decomposition.decompose(
-        updates, state.decomposition, params
+    local, global_, decomposition_state, share = decompose_checked(
+        decomposition, updates, state.decomposition, params, caller="split()"
     )
     # Unused, the share's sums are dropped from the compiled step.
     share = share if global_share else None

@@ -4,14 +4,10 @@ from typing import Any
 
 import optax
 
-from optax_split import _validation
-from optax_split._split import combine, scale_global, split
-from optax_split.decompositions import Decomposition, unit_excess
-
-# The step's default split: the part of each unit's step over 1% of that unit's
-# weight norm. No absolute number: biases and scales (fewer than 2 dimensions)
-# are left alone, and so is a unit whose weights are all zero (eps = 0).
-DEFAULT_STEP_DECOMPOSITION = unit_excess(clipping=0.01, eps=0.0, min_ndim=2)
+from optax_split import _validation, defaults
+from optax_split._schedules import map_schedules
+from optax_split._split import check_decomposition, combine, scale_global, split
+from optax_split.decompositions import Decomposition
 
 
 def check_alpha(alpha: Any) -> None:
@@ -25,38 +21,11 @@ def check_alpha(alpha: Any) -> None:
   )
 
 
-def one_plus(alpha: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
-  """``1 + alpha``, for a number or a schedule: the global branch's weight."""
-  return (lambda count: 1 + alpha(count)) if callable(alpha) else 1 + alpha
-
-
-def reweight(
-    decomposition: Decomposition | None, alpha: optax.ScalarOrSchedule, global_share: bool
-) -> optax.GradientTransformation:
-  """``u -> u + alpha * G(u)``: a split, its global branch times ``1 + alpha``, combined.
-
-  No split at all for ``decomposition=None``.
-  """
-  check_alpha(alpha)
-  if decomposition is None:
-    return optax.identity()
-  if not isinstance(decomposition, Decomposition):
-    raise TypeError(
-        f"`decomposition` must be a decomposition such as unit_excess(0.01, eps=0.0, "
-        f"min_ndim=2), or None for no split; got {decomposition!r}."
-    )
-  return optax.chain(
-      split(decomposition, global_share=global_share),
-      scale_global(one_plus(alpha)),
-      combine(),
-  )
-
-
 def split_step(
     optimizer: optax.GradientTransformation,
-    alpha: optax.ScalarOrSchedule = -1.0,
+    alpha: optax.ScalarOrSchedule = defaults.ALPHA,
     *,
-    decomposition: Decomposition = DEFAULT_STEP_DECOMPOSITION,
+    decomposition: Decomposition | None = defaults.STEP_DECOMPOSITION,
     global_share: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """Splits the step that ``optimizer`` makes, after its rate, and reweights its global part.
@@ -79,8 +48,9 @@ def split_step(
     optimizer: The optimizer whose step is split; it gets the same ``update``
       arguments (params and any extra ones).
     alpha: Weight of the step's global part, at least -1 (or a schedule).
-    decomposition: Which part of the step is global. Needs the params when it
-      reads the weights, as the default does.
+    decomposition: Which part of the step is global
+      (``optax_split.defaults.STEP_DECOMPOSITION`` by default), or None for no
+      split. Needs the params when it reads the weights, as the default does.
     global_share: Whether to keep ``||G||^2 / ||u||^2``, the share of the step
       that was cut, in the state (``split/global_share`` in
       :func:`optax_split.diagnostics`). Free for the default decomposition.
@@ -116,4 +86,14 @@ def split_step(
         f"split_step() wraps an optax optimizer, got {optimizer!r}. E.g. "
         "osp.split_step(optax.adamw(1e-3))."
     )
-  return optax.chain(optimizer, reweight(decomposition, alpha, global_share))
+  check_alpha(alpha)
+  if decomposition is None:
+    return optax.chain(optimizer, optax.identity())
+  check_decomposition(decomposition, "split_step()",
+                      "unit_excess(0.01, eps=0.0, min_ndim=2), or None for no split")
+  reweight = optax.chain(
+      split(decomposition, global_share=global_share),
+      scale_global(map_schedules(lambda a: 1 + a, alpha)),
+      combine(),
+  )
+  return optax.chain(optimizer, reweight)

@@ -57,3 +57,10 @@ def params():
 @pytest.fixture
 def grads():
   return model_tree(jax.random.PRNGKey(1))
+
+
+def guard_state(state):
+  """The state of the one :func:`optax_split.guard` inside an optimizer state (a preset's)."""
+  is_guard = lambda x: isinstance(x, osp.GuardState)  # noqa: E731
+  (found,) = [x for x in jax.tree.leaves(state, is_leaf=is_guard) if is_guard(x)]
+  return found.decomposition

@@ -24,7 +24,6 @@ import pytest
 
 import optax_split as osp
 from conftest import BUILT_IN_DECOMPOSITIONS, preset_alpha
-from optax_split import _presets
 
 # optax's own optimizers at optax's own rates, as effective rates: the presets' local
 # step is 0.01 * learning_rate. split_sgd(0.1, momentum=0.9) steps like optax's
@@ -63,7 +62,7 @@ FACTORIES = {
 }
 
 # The built-in decompositions, and the presets' default split of the step.
-DECOMPOSITIONS = {**BUILT_IN_DECOMPOSITIONS, "step_budget": _presets.DEFAULT_DECOMPOSITION}
+DECOMPOSITIONS = {**BUILT_IN_DECOMPOSITIONS, "step_budget": osp.defaults.STEP_DECOMPOSITION}
 
 CASES = [(o, d) for o in FACTORIES for d in DECOMPOSITIONS]
 cases = pytest.mark.parametrize(

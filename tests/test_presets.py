@@ -8,7 +8,6 @@ import optax
 import pytest
 
 import optax_split as osp
-from optax_split import _presets
 from optax_split.experiments.tasks.adding import adding
 
 DECOMPOSITIONS = [
@@ -148,8 +147,8 @@ def test_default_presets_bound_the_step_where_sgd_explodes(preset):
   params = ADDING.init(jax.random.PRNGKey(0))
   state = tx.init(params)
   keys = jax.random.split(jax.random.PRNGKey(1), steps)
-  budget = _presets.DEFAULT_DECOMPOSITION.clipping
-  guard = _presets.DEFAULT_GUARD
+  budget = osp.defaults.STEP_DECOMPOSITION.clipping
+  guard = osp.defaults.GUARD
 
   @jax.jit
   def step(params, state, key):

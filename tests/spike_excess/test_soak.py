@@ -25,6 +25,7 @@ import optax
 import pytest
 
 import optax_split as osp
+from conftest import guard_state
 from optax_split.experiments.tasks.adding import TanhRNN, make_sequences
 
 NUM_STEPS, CHUNK = 20_000, 1_000
@@ -120,7 +121,7 @@ def test_the_params_and_the_statistics_end_finite(soak):
   params, state, _ = soak
   for leaf in jax.tree.leaves(params):
     assert np.isfinite(leaf).all()
-  guard = state[0].decomposition
+  guard = guard_state(state)
   for field in ("norm_mean", "norm_var", "cap", "threshold", "norm"):
     assert np.isfinite(getattr(guard, field)), field
   assert int(guard.count) == NUM_STEPS  # every step was finite, so every one fed it

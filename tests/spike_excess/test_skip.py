@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import optax_split as osp
+from conftest import guard_state
 
 _STATISTICS = ("count", "norm_mean", "norm_var", "cap")
 _CALM = [jnp.array([1.0, 0.0]), jnp.array([0.0, 1.2]), jnp.array([0.8, 0.0])]
@@ -15,7 +16,7 @@ _SPIKE = jnp.array([30.0, 40.0])
 
 
 def _guard_state(state):
-  return state[0].decomposition
+  return guard_state(state)
 
 
 def _train(tx, grads_list, params, guard_state=lambda s: s):

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 import optax_split as osp
+from conftest import guard_state
 
 DIM = 256
 WARMUP = 25  # spike_excess's default
@@ -286,7 +287,7 @@ def _preset_program(on_spike: str):
       t, norm, poison = inputs
       grads = {"w": (directions[t % directions.shape[0]] * norm).at[0].add(poison)}
       updates, state = tx.update(grads, state)
-      guard = state[0].decomposition
+      guard = guard_state(state)
       return state, (updates["w"], guard, osp.diagnostics(state))
 
     return jax.lax.scan(step, tx.init({"w": jnp.zeros(DIM)}), (steps, norms, poisons))[1]

@@ -1,0 +1,30 @@
+"""The defaults of the presets and of :func:`optax_split.split_step`, in one place.
+
+README.md ("Choosing the defaults") shows the evidence behind each. None holds
+an absolute gradient-norm number: every bound is relative to the run.
+
+- :data:`ALPHA`: the weight of the step's global part is ``1 + ALPHA``; -1
+  drops the part that the decomposition picks.
+- :data:`LOCAL_FRACTION`: ``eta_local = LOCAL_FRACTION * learning_rate``, the
+  reference formulation.
+- :data:`STEP_DECOMPOSITION`: the split of the step, after the optimizer and
+  the rate: the part of each kernel unit's step over 1% of that unit's weight
+  norm. Biases and scales (fewer than 2 dimensions) are left alone, and so is
+  a unit whose weights are all zero (``eps=0``).
+- :data:`GUARD`: the ZClip-style guard on the gradient (:func:`optax_split.guard`),
+  bounded relative to the run's recent norms.
+- :data:`MOMENTUM`: heavy-ball momentum of :func:`optax_split.split_sgd`.
+
+Example:
+  >>> import optax_split as osp
+  >>> print(osp.defaults.ALPHA, osp.defaults.STEP_DECOMPOSITION.clipping)
+  -1.0 0.01
+"""
+
+from optax_split.decompositions import spike_excess, unit_excess
+
+ALPHA = -1.0
+LOCAL_FRACTION = 0.01
+STEP_DECOMPOSITION = unit_excess(clipping=0.01, eps=0.0, min_ndim=2)
+GUARD = spike_excess()
+MOMENTUM = 0.9
