@@ -15,6 +15,7 @@ BAD_INPUTS = [
     (osp.unit_excess, osp.UnitExcess, {"clipping": 0.0}),
     (osp.unit_excess, osp.UnitExcess, {"eps": -1.0}),
     (osp.unit_excess, osp.UnitExcess, {"min_ndim": -1}),
+    (osp.unit_excess, osp.UnitExcess, {"bound_small_leaves": 1}),
     (osp.norm_excess, osp.NormExcess, {"max_norm": -1.0}),
     (osp.trend_component, osp.TrendComponent, {"decay": 1.5}),
     (osp.mean_component, osp.MeanComponent, {"keep_axis": 0.5}),

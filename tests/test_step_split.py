@@ -95,6 +95,42 @@ def test_biases_scalars_and_zero_units_are_left_alone():
                              rtol=1e-5)
 
 
+_BOUNDED = osp.unit_excess(0.01, eps=0.0, min_ndim=2, bound_small_leaves=True)
+
+
+def test_bounded_small_leaves_move_within_the_kernels_rms_when_zero():
+  # Kernel weights of RMS 0.5: a zero bias (and a zero scalar) may move 0.01 * 0.5 per element.
+  params = {"kernel": jnp.full((3, 2), 0.5), "bias": jnp.zeros(4), "scalar": jnp.zeros(())}
+  grads = jax.tree.map(lambda p: jnp.full(jnp.shape(p), 5.0), params)
+  tx = osp.split_step(optax.sgd(1.0), decomposition=_BOUNDED)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  chex.assert_trees_all_close(updates["bias"], jnp.full(4, -0.005), rtol=1e-6)
+  chex.assert_trees_all_close(updates["scalar"], jnp.array(-0.005), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [1e-2, 1.0, 1e6])
+def test_bounded_small_leaves_move_at_most_their_budget_at_any_rate(rate, params):
+  # Each small leaf is one unit: its step is at most 0.01 * max(its norm, sqrt(size) * r).
+  kernels = [p for p in jax.tree.leaves(params) if p.ndim >= 2]
+  rms = np.sqrt(sum(np.sum(np.square(p)) for p in kernels) / sum(p.size for p in kernels))
+  tx = osp.split_step(optax.sgd(rate), decomposition=_BOUNDED)
+  for updates in _trajectory(tx, params, 1):
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+      if u.ndim < 2:
+        floor = max(np.linalg.norm(np.ravel(p)), np.sqrt(np.size(p)) * rms)
+        assert np.linalg.norm(np.ravel(u)) <= 0.01 * floor * (1 + 1e-5)
+
+
+def test_bounded_small_leaves_leave_kernels_as_they_were(params, grads):
+  plain = osp.split_step(optax.sgd(100.0))
+  bounded = osp.split_step(optax.sgd(100.0), decomposition=_BOUNDED)
+  want, _ = plain.update(grads, plain.init(params), params)
+  got, _ = bounded.update(grads, bounded.init(params), params)
+  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    if w.ndim >= 2:
+      chex.assert_trees_all_equal(g, w)
+
+
 @pytest.mark.parametrize("alpha", [-1.0, -0.5, 0.0, 1.0])
 def test_alpha_reweights_the_excess_of_the_step(alpha, params, grads):
   inner = optax.adam(0.5)

@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_split import _numerics, _validation
@@ -31,6 +32,7 @@ class UnitExcess(base.Decomposition):
   clipping: float = 0.01
   eps: float = 1e-3
   min_ndim: int = 0
+  bound_small_leaves: bool = False
 
   def __post_init__(self):
     _validation.check_range(
@@ -43,19 +45,29 @@ class UnitExcess(base.Decomposition):
           f"`min_ndim` must be an int of at least 0, got {self.min_ndim!r}. E.g. "
           "unit_excess(min_ndim=2) leaves biases and scales alone."
       )
+    if not isinstance(self.bound_small_leaves, bool):
+      raise TypeError(
+          f"`bound_small_leaves` must be True or False, got {self.bound_small_leaves!r}. "
+          "E.g. unit_excess(min_ndim=2, bound_small_leaves=True)."
+      )
 
   def init(self, params):
     del params
     return optax.EmptyState()
 
-  def _leaf(self, g: jax.Array, p: jax.Array) -> tuple[jax.Array, ...]:
-    if g.ndim < self.min_ndim:
+  def _leaf(self, g: jax.Array, p: jax.Array, kernel_rms: jax.Array) -> tuple[jax.Array, ...]:
+    small = g.ndim < self.min_ndim
+    if small and not self.bound_small_leaves:
       # Left alone: wholly local.
       total_sq = _numerics.squared_norm(g)
       return g, jnp.zeros_like(g), jnp.zeros_like(total_sq), total_sq
-    axes = _unit_axes(g)
+    # A small leaf is one unit; its floor lets a zero-initialised bias move as far
+    # per element as a kernel weight of the tree's RMS may.
+    axes = tuple(range(g.ndim)) if small else _unit_axes(g)
     g_sq = _numerics.squared_norm(g, axis=axes, keepdims=True)
     p_norm = jnp.sqrt(_numerics.squared_norm(p, axis=axes, keepdims=True))
+    if small:
+      p_norm = jnp.maximum(p_norm, np.sqrt(g.size) * kernel_rms)
     budget = self.clipping * jnp.maximum(p_norm, self.eps)
     # A zero budget (a zero unit with eps = 0) would freeze the unit for good:
     # such a unit is left alone instead.
@@ -68,19 +80,32 @@ class UnitExcess(base.Decomposition):
     global_sq, total_sq = sums[0], sums[1]
     return local, global_, global_sq, total_sq
 
+  def _kernel_rms(self, params) -> jax.Array:
+    """RMS of the weights of the leaves of at least ``min_ndim`` dimensions (0 if none)."""
+    kernels = [p for p in jax.tree.leaves(params) if p.ndim >= self.min_ndim and p.size]
+    if not self.bound_small_leaves or not kernels:
+      return jnp.zeros([], jnp.float32)
+    # The same per-unit sums as the kernels' budgets: XLA computes them once.
+    total = sum(jnp.sum(_numerics.squared_norm(p, axis=_unit_axes(p), keepdims=True))
+                for p in kernels)
+    return jnp.sqrt(total / sum(p.size for p in kernels))
+
   def decompose(self, updates, state, params):
     if params is None:
       raise ValueError(
           "unit_excess needs the params, to set each unit's budget from its weight "
           "norm. Pass them: tx.update(grads, state, params)."
       )
-    local, global_, global_sq, total_sq = base.map_unzip(self._leaf, 4, updates, params)
+    kernel_rms = self._kernel_rms(params)
+    leaf = lambda g, p: self._leaf(g, p, kernel_rms)  # noqa: E731
+    local, global_, global_sq, total_sq = base.map_unzip(leaf, 4, updates, params)
     share = base.share(sum(jax.tree.leaves(global_sq), 0.0), sum(jax.tree.leaves(total_sq), 0.0))
     return local, global_, state, share
 
 
 def unit_excess(
-    clipping: float = 0.01, eps: float = 1e-3, *, min_ndim: int = 0
+    clipping: float = 0.01, eps: float = 1e-3, *, min_ndim: int = 0,
+    bound_small_leaves: bool = False,
 ) -> UnitExcess:
   """The part of each unit's update over a budget set by its weight norm.
 
@@ -102,7 +127,13 @@ def unit_excess(
     clipping: Largest allowed ratio of a unit's update norm to its weight norm.
     eps: Floor on the weight norm, so zero-initialised units can move; with
       ``eps=0`` a unit of zero weight norm is not clipped at all.
-    min_ndim: Leaves with fewer dimensions are left alone (``0``: none is).
+    min_ndim: Leaves with fewer dimensions are left alone (``0``: none is),
+      unless ``bound_small_leaves``.
+    bound_small_leaves: Bound the leaves of fewer than ``min_ndim`` dimensions
+      too, each as one unit whose weight norm counts as at least
+      ``sqrt(size) * r``, ``r`` the RMS of the other leaves' weights: a
+      zero-initialised bias may then move per element by ``clipping * r``, as
+      far as a kernel weight of that RMS, with no absolute number.
 
   Returns:
     A :class:`Decomposition` for :func:`optax_split.split`.
@@ -120,4 +151,4 @@ def unit_excess(
     Brock et al., `High-Performance Large-Scale Image Recognition Without
     Normalization <https://arxiv.org/abs/2102.06171>`_, 2021.
   """
-  return UnitExcess(clipping, eps, min_ndim)
+  return UnitExcess(clipping, eps, min_ndim, bound_small_leaves)
