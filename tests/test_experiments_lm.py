@@ -7,9 +7,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from optax_split.experiments import optimizers, runner, tasks
+from optax_split.experiments import tasks
 from optax_split.experiments.tasks import lm
 from optax_split.experiments.tasks._transformer import CausalTransformer
 
@@ -178,7 +179,9 @@ def test_lm_gpt_is_the_practitioners_setting(corpus):
   assert task.settings["init"] == "gpt" and task.settings["bias"] is False
   assert not any(name.endswith("['bias']") for name in _leaves(_init(task)))
   assert tasks.make("lm", corpus_dir=corpus, adam_b2=0.98, **TINY).adam_b2 == 0.98
-  # The options reach it too, and it trains.
+  # The options reach it too; an untrained model scores about 8 bits per byte.
   task = tasks.make("lm_gpt", corpus_dir=corpus, qk_layernorm=True, z_loss=1e-4, **TINY)
-  runs = runner.train(task, optimizers.get("adam"), (3e-3,), seeds=1, steps=3)
-  assert np.isfinite(runs.loss).all() and 7.0 < float(runs.init_val[0, 0]) < 9.0
+  params = _init(task)
+  loss, grads = jax.value_and_grad(task.loss)(params, _batch(task))
+  assert np.isfinite(float(loss)) and float(optax.tree.norm(grads)) > 0
+  assert 7.0 < float(task.evaluate(params, task.data)[0]) < 9.0
