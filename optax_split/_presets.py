@@ -104,17 +104,12 @@ def split_sgd(
   """Momentum SGD whose step is split: ``-eta_local * (d + alpha * G(d))``.
 
   ``d`` is the momentum of the guarded gradient and ``eta_local =
-  local_fraction * learning_rate`` (see :func:`split_rates`). In order:
-
-  1. the ``guard`` drops the part of the gradient over an adaptive threshold
-     (by default ZClip's z-score rule, bounded relative to the run's recent
-     norms: :func:`spike_excess`);
-  2. heavy-ball momentum (``momentum``, 0.9 by default), decoupled
-     ``weight_decay``, and the rate ``eta_local``;
-  3. the ``decomposition`` splits that step and its global part is weighted by
-     ``1 + alpha``. By default it is the part of each kernel unit's step over
-     1% of the unit's weight norm, and ``alpha = -1`` drops it: a per-unit
-     trust budget (see :func:`split_step`).
+  local_fraction * learning_rate`` (see :func:`split_rates`). It is
+  ``split_step(optax.chain(guard(guard), <momentum, weight decay, eta_local>),
+  alpha, decomposition=decomposition)``: :func:`guard` drops the gradient's
+  spike excess, and :func:`split_step` splits the step after the rate (by
+  default a per-unit trust budget relative to the weights). The defaults live
+  in :mod:`optax_split.defaults`.
 
   With ``alpha = 0`` (or ``decomposition=None``) and ``guard=None`` this is
   ``optax.sgd(eta_local, momentum, nesterov)``.
@@ -182,23 +177,20 @@ def split_adam(
   """AdamW whose step is split: guard -> Adam -> weight decay -> rate -> split of the step.
 
   As :func:`split_sgd`, with Adam's direction (``b1``, ``b2``, ``eps``) in
-  place of momentum: the ``guard`` drops the gradient's spike excess, AdamW
-  makes its step at ``eta_local = local_fraction * learning_rate``, and the
-  ``decomposition`` splits that step, its global part weighted by
-  ``1 + alpha`` (by default the part of each kernel unit's step over 1% of its
-  weight norm, dropped). With ``alpha = 0`` (or ``decomposition=None``) and
-  ``guard=None`` this is ``optax.adamw(eta_local, b1, b2, eps,
-  weight_decay=weight_decay)``.
+  place of momentum: ``split_step(optax.chain(guard(guard), <AdamW at
+  eta_local>), alpha, decomposition=decomposition)``. With ``alpha = 0`` (or
+  ``decomposition=None``) and ``guard=None`` this is ``optax.adamw(eta_local,
+  b1, b2, eps, weight_decay=weight_decay)``.
 
   **The slow trend inside Adam** (``b3``, off by default): Adam's first moment
-  is split into ``mu_hat - m`` (local) and ``m`` (global), ``m`` a slow EMA
-  of the raw gradient with decay ``b3``, and the global part is weighted by
-  ``1 + slow_alpha`` before Adam's preconditioner. That is AdEMAMix: with
+  ``mu_hat`` is split into ``mu_hat - m`` (local) and ``m`` (global), ``m`` a
+  slow EMA of the raw gradient with decay ``b3``, and the global part is
+  weighted by ``1 + slow_alpha`` before Adam's preconditioner. That is
+  AdEMAMix, built on ``optax.contrib.scale_by_ademamix``: with
   ``decomposition=None, guard=None`` this equals
   ``optax.contrib.ademamix(eta_local, b1, b2, b3, slow_alpha, eps,
   weight_decay=weight_decay)``, schedules of ``b3`` and ``slow_alpha``
-  included (tested). It pays in long runs, with ``b3`` and ``slow_alpha``
-  warmed up.
+  included.
 
   Memory: Adam's state (plus the slow trend's buffer with ``b3``) and a few
   scalars.
