@@ -36,10 +36,16 @@ def make_sequences(key: jax.Array, n: int, length: int) -> tuple[jax.Array, jax.
 
 
 class TanhRNN(nn.Module):
-  """``h_t = tanh(x_t W_in + h_{t-1} W_rec + b)``; a linear read-out of the last ``h``."""
+  """``h_t = tanh(x_t W_in + h_{t-1} W_rec + b)``; a linear read-out of the last ``h``.
+
+  The read-out is a Flax ``Dense(1)`` (a ``(hidden, 1)`` kernel and a bias) or,
+  with ``vector_readout``, a ``(hidden,)`` weight vector and a scalar bias: the
+  same model with no read-out leaf of two dimensions.
+  """
 
   hidden: int
   rho: float
+  vector_readout: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -55,7 +61,11 @@ class TanhRNN(nn.Module):
       return jnp.tanh(drive_t + h @ w_rec), None
 
     h, _ = jax.lax.scan(cell, jnp.zeros((x.shape[0], self.hidden), x.dtype), drive)
-    return nn.Dense(1)(h)[:, 0]
+    if not self.vector_readout:
+      return nn.Dense(1)(h)[:, 0]
+    w_out = self.param("w_out", nn.initializers.normal(self.hidden ** -0.5), (self.hidden,))
+    b_out = self.param("b_out", nn.initializers.zeros, ())
+    return h @ w_out + b_out
 
 
 def adding(
@@ -64,8 +74,13 @@ def adding(
     rho: float = 1.5,
     batch_size: int = 32,
     eval_size: int = 500,
+    *,
+    vector_readout: bool = False,
 ) -> Task:
   """The adding task: MSE of a tanh RNN, recurrent matrix orthogonal x ``rho``.
+
+  ``vector_readout`` reads the last state out with a weight vector and a
+  scalar bias instead of a ``Dense(1)`` layer (see :class:`TanhRNN`).
 
   Example:
     >>> import jax
@@ -75,7 +90,7 @@ def adding(
     >>> print(task.loss(params, batch).shape, task.metric)
     () mse
   """
-  model = TanhRNN(hidden=hidden, rho=rho)
+  model = TanhRNN(hidden=hidden, rho=rho, vector_readout=vector_readout)
   # Fixed held-out sets, from keys that no training seed uses.
   val_x, val_y = make_sequences(jax.random.PRNGKey(2**31 - 1), eval_size, length)
   test_x, test_y = make_sequences(jax.random.PRNGKey(2**31 - 2), eval_size, length)
@@ -103,5 +118,6 @@ def adding(
       steps=2000,
       eval_every=200,
       settings={"length": length, "hidden": hidden, "rho": rho, "batch_size": batch_size,
-                "eval_size": eval_size, "trivial_mse": round(TRIVIAL_MSE, 4)},
+                "eval_size": eval_size, "trivial_mse": round(TRIVIAL_MSE, 4),
+                **({"read-out": "vector"} if vector_readout else {})},
   )
