@@ -2,11 +2,13 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import jax
 import pytest
 
-from optax_split.experiments import cli, optimizers
+from optax_split.experiments import cache, cli, jobs, optimizers
 
 TINY = ["compare", "--task", "adding", "--length", "4", "--hidden", "3", "--batch-size", "4",
         "--eval-size", "8", "--steps", "20", "--seeds", "2", "--lrs", "0.01", "1000",
@@ -63,30 +65,51 @@ def test_bad_input_exits_with_a_message(argv, message, capsys):
 
 
 def test_compare_keeps_compiled_programs_in_the_cache_folder(tmp_path, monkeypatch):
-  cache = tmp_path / "cache"
-  monkeypatch.setenv(cli.CACHE_ENV, str(cache))
-  assert cli.cache_dir() == cache
+  folder = tmp_path / "cache"
+  monkeypatch.setenv(cache.CACHE_ENV, str(folder))
+  assert cache.cache_dir() == folder
   before = jax.config.jax_compilation_cache_dir
   cli.main([*TINY, "--optimizers", "sgd", "--out", str(tmp_path / "run")])
-  assert any(cache.iterdir())  # The training program, at least.
+  assert any(folder.iterdir())  # The training program, at least.
   assert jax.config.jax_compilation_cache_dir == before  # Restored for the caller.
 
 
 def test_no_cache_leaves_the_cache_folder_alone(tmp_path, monkeypatch):
-  cache = tmp_path / "cache"
-  monkeypatch.setenv(cli.CACHE_ENV, str(cache))
+  folder = tmp_path / "cache"
+  monkeypatch.setenv(cache.CACHE_ENV, str(folder))
   cli.main([*TINY, "--optimizers", "sgd", "--out", str(tmp_path / "run"), "--no-cache"])
-  assert not cache.exists()
+  assert not folder.exists()
 
 
 def test_default_compare_is_the_practitioners_comparison():
   names = optimizers.DEFAULT_NAMES
   assert {"msgd_clip", "adamw_clip", "zclip", "muon"} <= set(names)  # What people run.
   assert {"split_sgd", "split_adam", "muon+split"} <= set(names)  # Ours, at the defaults.
-  assert 1 <= cli.default_jobs() <= cli.MAX_DEFAULT_JOBS
+  assert 1 <= jobs.default_jobs() <= jobs.MAX_DEFAULT_JOBS
 
 
 def test_cache_folder_defaults_to_the_user_cache(monkeypatch, tmp_path):
-  monkeypatch.delenv(cli.CACHE_ENV, raising=False)
+  monkeypatch.delenv(cache.CACHE_ENV, raising=False)
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-  assert cli.cache_dir() == tmp_path / "optax-split" / "jax"
+  assert cache.cache_dir() == tmp_path / "optax-split" / "jax"
+
+
+def test_without_the_examples_extra_the_command_says_how_to_install_it():
+  # A fresh interpreter where Flax cannot be imported, as without the extra.
+  script = ("import sys; sys.modules['flax'] = None\n"
+            "from optax_split.experiments import cli\n"
+            "cli.main(['compare'])")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode != 0
+  assert 'pip install "optax-split[examples]"' in proc.stderr and "flax" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_missing_extra_names_the_distribution(monkeypatch):
+  monkeypatch.setitem(sys.modules, "sklearn", None)
+  assert cli.missing_extra() == ["scikit-learn"]
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["compare", "--help"])
+  assert "scikit-learn cannot be imported" in str(exit_info.value)
+  assert cli.INSTALL in str(exit_info.value)

@@ -120,3 +120,11 @@ def test_grouped_guard_keeps_statistics_per_module():
 def test_bad_names_say_what_is_accepted(name, message):
   with pytest.raises(ValueError, match=message):
     optimizers.get(name)
+
+
+def test_registry_entries_are_typed_specs_and_presets():
+  assert all(isinstance(s, optimizers.OptimizerSpec) for s in optimizers.BASELINES.values())
+  assert all(isinstance(p, optimizers.Preset) for p in optimizers.PRESETS.values())
+  assert optimizers.NAMES[:3] == ("sgd", "sgd_clip", "sgd_agc")
+  assert optimizers.get("adamw_clip:max_norm=1").grid == {"max_norm": (1.0,)}
+  assert optimizers.BASELINES["adamw_clip"].grid["max_norm"] == (0.1, 1.0, 10.0)  # Untouched.

@@ -4,7 +4,7 @@ import chex
 import numpy as np
 import pytest
 
-from optax_split.experiments import optimizers, report, runner, tasks
+from optax_split.experiments import metrics, optimizers, results, runner, tasks
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,14 @@ def test_one_program_covers_grid_and_seeds(sgd_runs):
 
 
 def test_huge_rate_diverges_and_is_reported(task, sgd_runs):
-  np.testing.assert_array_equal(report.diverged(task, sgd_runs.loss), [[False] * 3, [True] * 3])
-  summary = report.summarize(task, sgd_runs)
-  assert summary["best"] == {"rate": 0.01}
-  assert summary["diverged_runs"] == 3 and summary["runs"] == 6
-  assert summary["diverged_seeds_at_best"] == 0
-  assert summary["grid"][1]["final_train_loss"] == [None] * 3
-  assert summary["final_train_loss"] < task.divergence_bound
+  np.testing.assert_array_equal(metrics.diverged(task, sgd_runs.loss), [[False] * 3, [True] * 3])
+  summary = results.summarize(task, sgd_runs)
+  assert summary.best == {"rate": 0.01}
+  assert summary.diverged_runs == 3 and summary.runs == 6
+  assert summary.diverged_seeds_at_best == 0
+  assert summary.grid[1]["final_train_loss"] == [None] * 3
+  assert summary.final_train_loss < task.divergence_bound
+  assert summary.suite.rates == [0.01, 1e4] and summary.suite.final_val_by_rate[1] is None
 
 
 def test_grid_is_the_product_of_rates_and_hyperparameters():

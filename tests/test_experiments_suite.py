@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from optax_split.experiments import cli, suite, tasks
+from optax_split.experiments import cli, metrics
+from optax_split.experiments.results import SuiteStats
 
 
 def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
@@ -51,14 +52,14 @@ def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
   assert merged[0]["by_seed"] == expected["split_adam"]
 
 
-def _summary(name, finals, init=8.0):
-  return {"optimizer": name, "suite": {"final_val_by_rate": finals, "init_val": init}}
+def _curve(finals, init=8.0):
+  return SuiteStats(rates=[0.1, 1.0, 10.0], final_val_by_rate=finals, init_val=init,
+                    spikes_at_best=0.0, spikes_grid=0)
 
 
 def test_sensitivity_is_the_mean_gap_to_the_best_capped_at_init():
-  task = tasks.make("adding", length=4, hidden=2, eval_size=2)  # lower is better
-  summaries = [_summary("steady", [3.0, 2.0, 3.0]), _summary("fragile", [2.5, None, 9.0])]
-  got = suite.sensitivity(task, summaries)
+  curves = {"steady": _curve([3.0, 2.0, 3.0]), "fragile": _curve([2.5, None, 9.0])}
+  got = metrics.lr_sensitivity(curves, higher_is_better=False)
   # Best of all runs is 2.0; a diverged rate and one worse than init count as init (8).
   assert got["steady"] == pytest.approx((1.0 + 0.0 + 1.0) / 3)
   assert got["fragile"] == pytest.approx((0.5 + 6.0 + 6.0) / 3)
@@ -68,4 +69,4 @@ def test_spikes_are_counted_against_the_running_median():
   rng = np.random.default_rng(0)
   loss = 2.0 + 0.05 * rng.standard_normal((2, 200))
   loss[1, [50, 120, 121]] = 4.0
-  np.testing.assert_array_equal(suite.spike_counts(loss), [0, 3])
+  np.testing.assert_array_equal(metrics.spike_counts(loss), [0, 3])

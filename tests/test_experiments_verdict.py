@@ -6,17 +6,18 @@ import statistics
 import pytest
 
 from optax_split.experiments import verdict
+from optax_split.experiments.results import Summary
 
 
 def _row(name, by_seed, *, target=None):
-  """A summary as report.summarize writes it: the median of the finite seeds, and the seeds."""
+  """A summary as results.summarize makes it: the median of the finite seeds, and the seeds."""
   finite = [v for v in by_seed if v is not None]
   median = statistics.median(finite) if finite else None
-  row = {"optimizer": name, "test_metric_at_best_val": median, "by_seed": {"test_metric": by_seed}}
-  if target is not None:
-    row["steps_to_target"] = median
-    row["by_seed"]["steps_to_target"] = by_seed
-  return row
+  if target is None:
+    return Summary(optimizer=name, test_metric_at_best_val=median,
+                   by_seed={"test_metric": by_seed})
+  return Summary(optimizer=name, test_metric_at_best_val=median, steps_to_target=median,
+                 by_seed={"test_metric": by_seed, "steps_to_target": by_seed})
 
 
 LOWER = {"metric": "mse", "target": None, "higher_is_better": False}
@@ -89,9 +90,9 @@ def test_ranks_and_spread_from_the_seeds():
 
 
 def test_ranks_share_ties_and_put_never_last():
-  rows = [{"optimizer": "a", "steps_to_target": 100.0},
-          {"optimizer": "b", "steps_to_target": 100.0},
-          {"optimizer": "c", "steps_to_target": None}]
+  rows = [Summary(optimizer="a", steps_to_target=100.0),
+          Summary(optimizer="b", steps_to_target=100.0),
+          Summary(optimizer="c", steps_to_target=None)]
   assert verdict.ranks(rows, target=0.95, higher_is_better=True) == {"a": 1.5, "b": 1.5, "c": 3.0}
 
 

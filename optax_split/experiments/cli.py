@@ -1,21 +1,21 @@
-"""The command line: ``optax-split compare --task adding ...``."""
+"""The command line: ``optax-split compare --task adding ...``; it parses and dispatches.
+
+The commands train Flax models and draw with matplotlib: they need the
+``examples`` extra. Without it the command says how to install it instead of
+failing on an import, so this module imports the commands only once the
+extra is known to be there.
+"""
 
 import argparse
-import concurrent.futures
-import contextlib
-import fcntl
-import json
-import os
+import importlib
 import shlex
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import jax
-import tqdm
-from jax.experimental.compilation_cache import compilation_cache
-
-from optax_split.experiments import optimizers, plots, report, runner, suite, tasks
+# The examples extra: module -> the distribution that provides it.
+EXTRA_MODULES = {"flax": "flax", "matplotlib": "matplotlib", "tqdm": "tqdm",
+                 "sklearn": "scikit-learn"}
+INSTALL = 'pip install "optax-split[examples]"'
 
 # Task options on the command line -> the task factory's keyword arguments.
 _TASK_OPTIONS = {
@@ -25,70 +25,26 @@ _TASK_OPTIONS = {
 }
 
 
-# JAX's persistent compilation cache: where the compiled programs are kept between runs.
-CACHE_ENV = "OPTAX_SPLIT_CACHE_DIR"
-# Optimizers trained at once by default: one a core, at most this many. On a CPU
-# each program of the tasks keeps about one core busy (two at once on 2 cores
-# took 25 s where one after the other took 41 s), and more at once would only
-# hold more programs in memory.
-MAX_DEFAULT_JOBS = 4
-
-
-def default_jobs() -> int:
-  """Optimizers trained at once unless ``--jobs`` says: the usable cores, at most 4."""
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return max(1, min(MAX_DEFAULT_JOBS, cores or 1))
-
-
-def cache_dir() -> Path:
-  """The compilation cache folder: ``$OPTAX_SPLIT_CACHE_DIR``, else ``~/.cache/optax-split/jax``.
-
-  ``~/.cache`` is ``$XDG_CACHE_HOME`` where that is set.
+def missing_extra() -> list[str]:
+  """The distributions of the ``examples`` extra that cannot be imported.
 
   Example:
-    >>> import os
-    >>> os.environ["OPTAX_SPLIT_CACHE_DIR"] = "/tmp/my-cache"
-    >>> print(cache_dir())
-    /tmp/my-cache
-    >>> del os.environ["OPTAX_SPLIT_CACHE_DIR"]
+    >>> print(missing_extra())
+    []
   """
-  if os.environ.get(CACHE_ENV):
-    return Path(os.environ[CACHE_ENV]).expanduser()
-  base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-  return base / "optax-split" / "jax"
-
-
-@contextlib.contextmanager
-def compilation_cache_at(path: Path | None) -> Iterator[None]:
-  """Keeps every compiled program in JAX's persistent cache at ``path`` (None: no cache).
-
-  The experiments' programs take seconds to compile on a CPU and a second run
-  of the same command compiles the same programs, so a cached run only trains.
-  Small programs are cached too (no minimum compile time or size). JAX's
-  previous settings are restored afterwards.
-  """
-  if path is None:
-    yield
-    return
-  options = {
-      "jax_compilation_cache_dir": str(path),
-      "jax_persistent_cache_min_compile_time_secs": 0.0,
-      "jax_persistent_cache_min_entry_size_bytes": -1,
-  }
-  previous = {name: getattr(jax.config, name) for name in options}
-  for name, value in options.items():
-    jax.config.update(name, value)
-  # JAX decides once per process whether to use the cache: decide again now.
-  compilation_cache.reset_cache()
-  try:
-    yield
-  finally:
-    for name, value in previous.items():
-      jax.config.update(name, value)
-    compilation_cache.reset_cache()
+  missing = []
+  for module, distribution in EXTRA_MODULES.items():
+    try:
+      importlib.import_module(module)
+    except ImportError:
+      missing.append(distribution)
+  return missing
 
 
 def _parser() -> argparse.ArgumentParser:
+  # Imported here, not above: they need the examples extra (see main).
+  from optax_split.experiments import cache, jobs, optimizers, suite, tasks
+
   parser = argparse.ArgumentParser(
       prog="optax-split",
       description="Compare optimizers on small exploding-gradient problems.")
@@ -113,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="learning rates of the Adam-like optimizers")
   compare.add_argument("--out", type=Path, default=None, help="default: runs/TASK")
   compare.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-  _add_run_flags(compare)
+  _add_run_flags(compare, jobs.MAX_DEFAULT_JOBS, cache.CACHE_ENV)
   task_options = compare.add_argument_group("task options (each task takes some)")
   task_options.add_argument("--length", type=int, help="adding: sequence length")
   task_options.add_argument("--hidden", type=int, help="adding: RNN units; grokking: MLP units")
@@ -152,148 +108,48 @@ def _parser() -> argparse.ArgumentParser:
                          help="remove these optimizers' rows of an earlier run from the report "
                          "(e.g. the variants of an earlier default)")
   run_suite.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-  _add_run_flags(run_suite)
+  _add_run_flags(run_suite, jobs.MAX_DEFAULT_JOBS, cache.CACHE_ENV)
   return parser
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, max_jobs: int, cache_env: str) -> None:
   """``--jobs`` and ``--no-cache``: how the programs run, not what they compute."""
   parser.add_argument(
       "--jobs", type=int, default=None, metavar="N",
-      help=f"optimizers trained at once (default: the CPU cores, at most {MAX_DEFAULT_JOBS}; "
+      help=f"optimizers trained at once (default: the CPU cores, at most {max_jobs}; "
       "the numbers do not depend on it)")
   parser.add_argument(
       "--no-cache", action="store_true",
       help="do not keep compiled programs in JAX's persistent compilation cache (by default "
-      f"${CACHE_ENV}, else ~/.cache/optax-split/jax), so every run compiles again")
-
-
-def _make_task(args: argparse.Namespace) -> tasks.Task:
-  options = {k: getattr(args, k) for k in _TASK_OPTIONS if getattr(args, k) is not None}
-  if "classes" in options:
-    options["classes"] = tuple(options["classes"])
-  try:
-    return tasks.make(args.task, **options)
-  except TypeError as error:  # An option the task does not take.
-    raise SystemExit(
-        f"optax-split: --task {args.task} does not take that option: {error}"
-    ) from None
-
-
-def compare(args: argparse.Namespace, command: str) -> str:
-  """Runs the comparison; writes the files; returns the printed table."""
-  try:
-    task = _make_task(args)
-    specs = [optimizers.get(n) for n in (args.optimizers or optimizers.DEFAULT_NAMES)]
-  except (ValueError, FileNotFoundError) as error:
-    raise SystemExit(f"optax-split: {error}") from None
-  steps = args.steps or task.steps
-  rates = tuple(args.lrs or task.rates)
-  adaptive_rates = tuple(args.adaptive_lrs or task.adaptive_rates)
-  out = args.out or Path("runs") / task.name
-  settings = {"steps": steps, "seeds": args.seeds, "rates": list(rates),
-              "adaptive_rates": list(adaptive_rates)}
-  summaries = _train_all(task, specs, settings, args, report.summarize)
-  table = report.write(out, task, summaries, settings, command)
-  plots.write(out, task.name, summaries)
-  return table + f"\n\nWrote {out}/results.json, results.md, loss.png, grad_norm.png, " \
-                 "global_share.png"
-
-
-def _train_all(task, specs, settings, args, summarize) -> list[dict]:
-  """Trains every optimizer on ``task``; the summaries in ``specs``' order, a preset's alphas apart.
-
-  ``args.jobs`` optimizers train at once, each in its own thread: JAX releases
-  the interpreter while a compiled program runs.
-  """
-  jobs = args.jobs if args.jobs is not None else default_jobs()
-  if jobs < 1:
-    raise SystemExit(f"optax-split: --jobs must be at least 1, got {jobs}. E.g. --jobs 2.")
-
-  def train(spec):
-    rates = settings["adaptive_rates"] if spec.adaptive else settings["rates"]
-    runs = runner.train(task, spec, tuple(rates), settings["seeds"], settings["steps"])
-    return [summarize(task, r) for r in suite.alpha_slices(runs)]
-
-  with tqdm.tqdm(total=len(specs), desc=task.name, unit="optimizer", disable=args.no_progress,
-                 file=sys.stderr) as bar, concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-    futures = {pool.submit(train, spec): spec.name for spec in specs}
-    for done in concurrent.futures.as_completed(futures):
-      bar.set_postfix_str(futures[done])
-      bar.update()
-    return [summary for future in futures for summary in future.result()]
-
-
-def _with_earlier(path: Path, task: tasks.Task, settings: dict, summaries: list[dict],
-                  command: str, drop: list[str]) -> tuple[list[dict], str]:
-  """``summaries`` after those of an earlier run of the task with the same settings.
-
-  An optimizer run again replaces its earlier summary, and the earlier rows
-  named in ``drop`` go; the commands of both runs are kept, one a line.
-  """
-  if not path.exists():
-    return summaries, command
-  earlier = json.loads(path.read_text())
-  same = (earlier["settings"] == settings
-          and earlier["task_settings"] == json.loads(json.dumps(task.settings)))
-  if not same:
-    return summaries, command
-  gone = {s["optimizer"] for s in summaries} | set(drop)
-  kept = [report.with_seeds(s) for s in earlier["optimizers"] if s["optimizer"] not in gone]
-  commands = dict.fromkeys([*earlier["command"].splitlines(), command])
-  return kept + summaries, "\n".join(commands)
-
-
-def run_suite(args: argparse.Namespace, command: str) -> str:
-  """Runs the suite's tasks; writes each task's results and the suite report."""
-  sizes = suite.QUICK if args.quick else suite.FULL
-  names = args.tasks or list(sizes)
-  try:
-    specs = [optimizers.get(n) for n in (args.optimizers or suite.OPTIMIZERS)]
-    made = {name: tasks.make(name, **sizes.get(name, suite.FULL[name])["task"])
-            for name in names}
-  except (ValueError, FileNotFoundError) as error:
-    raise SystemExit(f"optax-split: {error}") from None
-  for name, task in made.items():
-    size = sizes.get(name, suite.FULL[name])
-    settings = {"steps": size["steps"], "seeds": size["seeds"],
-                "rates": list(size.get("rates", task.rates)),
-                "adaptive_rates": list(size.get("adaptive_rates", task.adaptive_rates))}
-    if "weight_decays" in size:
-      settings["weight_decays"] = list(size["weight_decays"])
-    task_specs = [suite.with_weight_decays(s, size.get("weight_decays")) for s in specs]
-    summaries = _train_all(task, task_specs, settings, args, suite.summarize)
-    folder = args.out / name
-    folder.mkdir(parents=True, exist_ok=True)
-    with _locked(args.out):  # Runs of other optimizers into the same --out may end meanwhile.
-      summaries, commands = _with_earlier(folder / "results.json", task, settings, summaries,
-                                          command, args.drop)
-      report.write(folder, task, summaries, settings, commands)
-      plots.write(folder, name, summaries)
-      record = suite.task_record(task, summaries, settings, commands)
-      (folder / "suite_task.json").write_text(json.dumps(record, indent=1) + "\n")
-  with _locked(args.out):
-    records = [json.loads((args.out / n / "suite_task.json").read_text()) for n in suite.TASKS
-               if (args.out / n / "suite_task.json").exists()]
-    return suite.write(args.out, records)
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-  """Holds an exclusive lock on ``folder``, so that suite runs into it merge one at a time."""
-  folder.mkdir(parents=True, exist_ok=True)
-  with open(folder / ".lock", "w") as handle:
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(handle, fcntl.LOCK_UN)
+      f"${cache_env}, else ~/.cache/optax-split/jax), so every run compiles again")
 
 
 def main(argv: list[str] | None = None) -> None:
   """Entry point of ``optax-split`` and ``python -m optax_split.experiments``."""
   argv = sys.argv[1:] if argv is None else list(argv)
+  missing = missing_extra()
+  if missing:
+    raise SystemExit(
+        f"optax-split: the experiments need the examples extra, and {', '.join(missing)} "
+        f"cannot be imported. Install it with:\n\n  {INSTALL}\n")
   args = _parser().parse_args(argv)
-  command = "optax-split " + shlex.join(argv)
-  with compilation_cache_at(None if args.no_cache else cache_dir()):
-    print(run_suite(args, command) if args.command == "suite" else compare(args, command))
+  if args.jobs is not None and args.jobs < 1:
+    raise SystemExit(f"optax-split: --jobs must be at least 1, got {args.jobs}. E.g. --jobs 2.")
+  from optax_split.experiments import cache, commands  # Needs the extra: checked above.
+
+  run = {"command": "optax-split " + shlex.join(argv), "jobs_at_once": args.jobs,
+         "progress": not args.no_progress}
+  try:
+    with cache.compilation_cache_at(None if args.no_cache else cache.cache_dir()):
+      if args.command == "suite":
+        print(commands.run_suite(task_names=args.tasks, names=args.optimizers,
+                                 quick=args.quick, out=args.out, drop=args.drop, **run))
+      else:
+        options = {k: getattr(args, k) for k in _TASK_OPTIONS if getattr(args, k) is not None}
+        if "classes" in options:
+          options["classes"] = tuple(options["classes"])
+        print(commands.compare(task=args.task, task_options=options, names=args.optimizers,
+                               seeds=args.seeds, steps=args.steps, rates=args.lrs,
+                               adaptive_rates=args.adaptive_lrs, out=args.out, **run))
+  except commands.UsageError as error:
+    raise SystemExit(f"optax-split: {error}") from None

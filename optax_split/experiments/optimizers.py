@@ -1,11 +1,12 @@
-"""Named optimizers, each built from an effective learning rate.
+"""The registry: named optimizers, each built from an effective learning rate.
 
-The presets' local step is ``local_fraction * learning_rate`` (0.01 by
-default), so they get ``learning_rate = rate / 0.01``: every optimizer here
-takes the same *effective* step size for the same ``rate``. SGD-like
-optimizers sweep the task's ``rates``; Adam-like ones sweep ``adaptive_rates``
-(their effective rate is their learning rate, and it lives on another scale).
-The rate may be a schedule (the task's warm-up and decay times the swept rate).
+The presets' local step is ``local_fraction * learning_rate``
+(``optax_split.defaults.LOCAL_FRACTION``), so they get ``learning_rate = rate /
+LOCAL_FRACTION``: every optimizer here takes the same *effective* step size for
+the same ``rate``. SGD-like optimizers sweep the task's ``rates``; Adam-like
+ones sweep ``adaptive_rates`` (their effective rate is their learning rate, and
+it lives on another scale). The rate may be a schedule (the task's warm-up and
+decay times the swept rate).
 
 Besides the textbook baselines (``sgd``, ``sgd_clip``, ``sgd_agc``, ``adam``,
 ``adam_clip``, ``rmsprop``) the registry holds what practitioners run:
@@ -34,16 +35,17 @@ A name that ends in ``+split`` wraps the optimizer in
 
 import dataclasses
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
 import optax_split as osp
-from optax_split import _presets
 
-LOCAL_FRACTION = 0.01
+LOCAL_FRACTION = osp.defaults.LOCAL_FRACTION
+# A name that ends in this wraps the optimizer in ``optax_split.split_step``.
+STEP_SPLIT = "+split"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +60,19 @@ class OptimizerSpec:
     adaptive: Whether it sweeps the Adam-like grid of rates.
     grid: Extra hyperparameters swept with the rate, name -> values.
     description: What it is, for the report.
+
+  Example:
+    >>> spec = OptimizerSpec("sgd_clip", _sgd_clip, adaptive=False,
+    ...                      grid={"max_norm": (0.1, 1.0)})
+    >>> print(spec.configs((0.01,)))
+    [{'rate': 0.01, 'max_norm': 0.1}, {'rate': 0.01, 'max_norm': 1.0}]
   """
 
   name: str
   build: Callable[..., optax.GradientTransformation]
   adaptive: bool
-  grid: dict[str, tuple[float, ...]]
-  description: str
+  grid: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+  description: str = ""
 
   def configs(self, rates: tuple[float, ...]) -> list[dict[str, float]]:
     """Every combination of a rate and the grid's values, rate first."""
@@ -78,13 +86,6 @@ class OptimizerSpec:
 ZCLIP = {"z": 2.5, "decay": 0.97, "warmup": 25, "max_norm": 1.0}
 # Grokfast-EMA's reference defaults (Lee et al. 2024): EMA decay 0.98, lambda 2.
 GROKFAST = {"decay": 0.98, "lamb": 2.0}
-
-
-def _decayed(scaling: optax.GradientTransformation, rate, weight_decay):
-  """``scaling``, then decoupled weight decay ``weight_decay``, then the rate."""
-  decay = (optax.identity() if isinstance(weight_decay, (int, float)) and weight_decay == 0
-           else optax.add_decayed_weights(weight_decay))
-  return optax.chain(scaling, decay, optax.scale_by_learning_rate(rate))
 
 
 def grokfast_ema(decay: float, lamb: float) -> optax.GradientTransformation:
@@ -117,6 +118,18 @@ def grokfast_ema(decay: float, lamb: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(ema.init, update_fn)
 
 
+def kernels(params):
+  """True for the leaves of at least two dimensions: the step split's leaf handling."""
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+# The baselines' builders. Decoupled weight decay comes after the direction and
+# before the rate, as in optax.adamw; optax.add_decayed_weights skips a literal 0.
+def _decayed(direction, rate, weight_decay):
+  return optax.chain(direction, optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_learning_rate(rate))
+
+
 def _sgd(rate, weight_decay):
   return _decayed(optax.identity(), rate, weight_decay)
 
@@ -146,9 +159,8 @@ def _adam_clip(rate, weight_decay, b2, max_norm):
 
 
 def _zclip(rate, weight_decay, b2):
-  # ZClip drops the part of the gradient over its threshold: spike_excess at alpha = -1.
-  zclip = optax.chain(osp.split(osp.spike_excess(**ZCLIP, max_ratio=None), global_share=False),
-                      osp.scale_global(0.0), osp.combine())
+  # ZClip drops the part of the gradient over its threshold: the guard with its settings.
+  zclip = osp.guard(osp.spike_excess(**ZCLIP, max_ratio=None))
   return optax.chain(zclip, _adam(rate, weight_decay, b2))
 
 
@@ -174,56 +186,45 @@ def _ademamix(rate, weight_decay, b2, alpha, b3):
   return optax.contrib.ademamix(rate, b2=b2, b3=b3, alpha=alpha, weight_decay=weight_decay)
 
 
-def kernels(params):
-  """True for the leaves of at least two dimensions: the step split's leaf handling."""
-  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
-
-
 def _adamw_clip_agc(rate, weight_decay, b2, max_norm, clipping):
   # The presets' plain-optax twin: clipping, AdamW, then AGC on the kernels' step.
   return optax.chain(_adam_clip(rate, weight_decay, b2, max_norm),
                      optax.masked(optax.adaptive_grad_clip(clipping), kernels))
 
 
-def _preset_kwargs(options: dict[str, str]) -> dict:
-  """The presets' keyword arguments from ``name:key=value`` options."""
-  options = dict(options)
-  kwargs = {}
-  if "alpha" in options and "/" not in options["alpha"]:
-    kwargs["alpha"] = float(options.pop("alpha"))
-  kind = options.pop("decomposition", None)
-  budget = options.pop("budget", None)
-  if kind == "none":
-    kwargs["decomposition"] = None
-  elif kind not in (None, "unit"):
-    raise ValueError(f"Unknown decomposition={kind!r}: use decomposition=unit or =none.")
-  elif budget is not None:
-    default = _presets.DEFAULT_DECOMPOSITION
-    kwargs["decomposition"] = osp.unit_excess(float(budget), eps=default.eps,
-                                              min_ndim=default.min_ndim)
-  for key in ("b3", "slow_alpha", "momentum"):
-    if key in options:
-      kwargs[key] = float(options.pop(key))
-  guard = options.pop("guard", None)
-  if guard == "none":
-    kwargs["guard"] = None
-  elif guard is not None:
-    raise ValueError(f"Unknown guard={guard!r}: only guard=none turns the guard off.")
-  elif {"z", "cap", "ratio", "grouped"} & set(options):
-    default = _presets.DEFAULT_GUARD
-    cap, ratio = options.pop("cap", default.max_norm), options.pop("ratio", default.max_ratio)
-    kwargs["guard"] = _grouped(options.pop("grouped", None), osp.spike_excess(
-        z=float(options.pop("z", default.z)), decay=default.decay, warmup=default.warmup,
-        max_ratio=None if ratio in (None, "none") else float(ratio),
-        max_norm=None if cap in (None, "none") else float(cap),
-    ))
-  if options:
-    raise ValueError(
-        f"Unknown option(s) {sorted(options)} for a preset; use alpha, budget, decomposition, "
-        "z, ratio, cap, grouped, guard, b3, slow_alpha, momentum or weight_decay, e.g. "
-        "split_adam:budget=0.02,guard=none."
-    )
-  return kwargs
+_CLIPS = (0.1, 1.0, 10.0)
+BASELINES: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
+    OptimizerSpec("sgd", _sgd, adaptive=False, description="optax.sgd"),
+    OptimizerSpec("sgd_clip", _sgd_clip, adaptive=False, grid={"max_norm": _CLIPS},
+                  description="optax.clip_by_global_norm + optax.sgd"),
+    OptimizerSpec("sgd_agc", _sgd_agc, adaptive=False, grid={"clipping": (0.003, 0.01, 0.1)},
+                  description="optax.adaptive_grad_clip + optax.sgd"),
+    OptimizerSpec("adam", _adam, adaptive=True,
+                  description="optax.adamw (weight decay only where the task sets one)"),
+    OptimizerSpec("adam_clip", _adam_clip, adaptive=True, grid={"max_norm": (1.0,)},
+                  description="optax.clip_by_global_norm + optax.adamw"),
+    OptimizerSpec("rmsprop", _rmsprop, adaptive=True,
+                  description="optax.scale_by_rms (optax.rmsprop)"),
+    OptimizerSpec("msgd", _msgd, adaptive=False, description="optax.sgd with momentum 0.9"),
+    OptimizerSpec("msgd_clip", _msgd_clip, adaptive=False, grid={"max_norm": _CLIPS},
+                  description="optax.clip_by_global_norm + optax.sgd with momentum 0.9"),
+    OptimizerSpec("adamw_clip", _adam_clip, adaptive=True, grid={"max_norm": _CLIPS},
+                  description="optax.clip_by_global_norm + optax.adamw"),
+    OptimizerSpec("zclip", _zclip, adaptive=True,
+                  description="ZClip (z 2.5, EMA 0.97, warm-up 25, cap 1.0) + optax.adamw"),
+    OptimizerSpec("grokfast", _grokfast, adaptive=True,
+                  description="Grokfast-EMA (EMA 0.98, lambda 2) + optax.adamw"),
+    OptimizerSpec("muon", _muon, adaptive=True,
+                  description="optax.contrib.muon (Muon on 2-D leaves, Adam on the rest)"),
+    OptimizerSpec("lamb", _lamb, adaptive=True, description="optax.lamb"),
+    OptimizerSpec("ademamix", _ademamix, adaptive=True,
+                  grid={"alpha": (2.0, 5.0), "b3": (0.999,)},
+                  description="optax.contrib.ademamix"),
+    OptimizerSpec("adamw_clip_agc", _adamw_clip_agc, adaptive=True,
+                  grid={"max_norm": (1.0,), "clipping": (0.01,)},
+                  description="optax.clip_by_global_norm + optax.adamw + "
+                  "optax.adaptive_grad_clip on the kernels' step: split_adam's plain-optax twin"),
+)}
 
 
 def module_labels(params) -> dict:
@@ -254,63 +255,101 @@ def _grouped(kind: str | None, guard: osp.Decomposition) -> osp.Decomposition:
   raise ValueError(f"Unknown grouped={kind!r}: use grouped=module or grouped=tensor.")
 
 
-def _over_local_fraction(rate):
-  """The presets' ``learning_rate`` for an effective ``rate`` (a number or a schedule)."""
-  if callable(rate):
-    return lambda count: rate(count) / LOCAL_FRACTION
-  return rate / LOCAL_FRACTION
+def _optional(text: str | None) -> float | None:
+  return None if text in (None, "none") else float(text)
 
 
-def _preset(factory, options, adaptive):
-  """``build(rate, weight_decay, [b2], [alpha])`` of a preset; ``alpha`` is given when swept."""
-  kwargs = _preset_kwargs(options)
+def _preset_kwargs(options: Mapping[str, str]) -> dict:
+  """The presets' keyword arguments from ``name:key=value`` options (an alpha grid apart)."""
+  options = dict(options)
+  kwargs = {}
+  if "alpha" in options:
+    kwargs["alpha"] = float(options.pop("alpha"))
+  kind = options.pop("decomposition", None)
+  budget = options.pop("budget", None)
+  if kind == "none":
+    kwargs["decomposition"] = None
+  elif kind not in (None, "unit"):
+    raise ValueError(f"Unknown decomposition={kind!r}: use decomposition=unit or =none.")
+  elif budget is not None:
+    default = osp.defaults.STEP_DECOMPOSITION
+    kwargs["decomposition"] = osp.unit_excess(float(budget), eps=default.eps,
+                                              min_ndim=default.min_ndim)
+  for key in ("b3", "slow_alpha", "momentum"):
+    if key in options:
+      kwargs[key] = float(options.pop(key))
+  guard = options.pop("guard", None)
+  if guard == "none":
+    kwargs["guard"] = None
+  elif guard is not None:
+    raise ValueError(f"Unknown guard={guard!r}: only guard=none turns the guard off.")
+  elif {"z", "cap", "ratio", "grouped"} & set(options):
+    default = osp.defaults.GUARD
+    cap, ratio = options.pop("cap", default.max_norm), options.pop("ratio", default.max_ratio)
+    kwargs["guard"] = _grouped(options.pop("grouped", None), osp.spike_excess(
+        z=float(options.pop("z", default.z)), decay=default.decay, warmup=default.warmup,
+        max_ratio=_optional(ratio), max_norm=_optional(cap),
+    ))
+  if options:
+    raise ValueError(
+        f"Unknown option(s) {sorted(options)} for a preset; use alpha, budget, decomposition, "
+        "z, ratio, cap, grouped, guard, b3, slow_alpha, momentum or weight_decay, e.g. "
+        "split_adam:budget=0.02,guard=none."
+    )
+  return kwargs
 
-  def build(rate, weight_decay, **more):
-    # The runner logs the global share for the plots, so it is opted in here.
-    return factory(_over_local_fraction(rate), local_fraction=LOCAL_FRACTION,
-                   weight_decay=weight_decay, global_share=True, **kwargs, **more)
 
-  if not adaptive:
-    return build
-  return lambda rate, weight_decay, b2, **alpha: build(rate, weight_decay, b2=b2, **alpha)
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """A preset of optax-split, run at the effective rate: options give an :class:`OptimizerSpec`.
+
+  Attributes:
+    name: The preset's name (``split_adam``).
+    factory: The preset itself (``optax_split.split_adam``).
+    adaptive: Whether it sweeps the Adam-like grid of rates.
+    description: What it is, for the report.
+
+  Example:
+    >>> print(PRESETS["split_sgd"].spec({"alpha": "-1/0"}).grid)
+    {'alpha': (-1.0, 0.0)}
+  """
+
+  name: str
+  factory: Callable[..., optax.GradientTransformation]
+  adaptive: bool
+  description: str
+
+  def spec(self, options: Mapping[str, str] | None = None,
+           name: str | None = None) -> OptimizerSpec:
+    """The preset with ``options`` (strings, as after the colon of a name), named ``name``."""
+    options = dict(options or {})
+    # Several alphas (alpha=1/3) are swept in the one program, like the rates.
+    grid = {"alpha": _values(options.pop("alpha"))} if "/" in options.get("alpha", "") else {}
+    if "weight_decay" in options:
+      grid["weight_decay"] = _values(options.pop("weight_decay"))
+    kwargs = _preset_kwargs(options)
+    over_local_fraction = lambda r: r / LOCAL_FRACTION  # noqa: E731
+
+    def build(rate, weight_decay, **more):
+      # The runner logs the global share for the plots, so it is opted in here.
+      return self.factory(osp.map_schedules(over_local_fraction, rate),
+                          local_fraction=LOCAL_FRACTION, weight_decay=weight_decay,
+                          global_share=True, **kwargs, **more)
+
+    return OptimizerSpec(name or self.name, build, self.adaptive, grid, self.description)
 
 
-# name -> (builder, adaptive, grid, description). Builders of the presets take
-# the options first.
-_BASELINES = {
-    "sgd": (_sgd, False, {}, "optax.sgd"),
-    "sgd_clip": (_sgd_clip, False, {"max_norm": (0.1, 1.0, 10.0)},
-                 "optax.clip_by_global_norm + optax.sgd"),
-    "sgd_agc": (_sgd_agc, False, {"clipping": (0.003, 0.01, 0.1)},
-                "optax.adaptive_grad_clip + optax.sgd"),
-    "adam": (_adam, True, {}, "optax.adamw (weight decay only where the task sets one)"),
-    "adam_clip": (_adam_clip, True, {"max_norm": (1.0,)},
-                  "optax.clip_by_global_norm + optax.adamw"),
-    "rmsprop": (_rmsprop, True, {}, "optax.scale_by_rms (optax.rmsprop)"),
-    "msgd": (_msgd, False, {}, "optax.sgd with momentum 0.9"),
-    "msgd_clip": (_msgd_clip, False, {"max_norm": (0.1, 1.0, 10.0)},
-                  "optax.clip_by_global_norm + optax.sgd with momentum 0.9"),
-    "adamw_clip": (_adam_clip, True, {"max_norm": (0.1, 1.0, 10.0)},
-                   "optax.clip_by_global_norm + optax.adamw"),
-    "zclip": (_zclip, True, {}, "ZClip (z 2.5, EMA 0.97, warm-up 25, cap 1.0) + optax.adamw"),
-    "grokfast": (_grokfast, True, {}, "Grokfast-EMA (EMA 0.98, lambda 2) + optax.adamw"),
-    "muon": (_muon, True, {}, "optax.contrib.muon (Muon on 2-D leaves, Adam on the rest)"),
-    "lamb": (_lamb, True, {}, "optax.lamb"),
-    "ademamix": (_ademamix, True, {"alpha": (2.0, 5.0), "b3": (0.999,)},
-                 "optax.contrib.ademamix"),
-    "adamw_clip_agc": (_adamw_clip_agc, True, {"max_norm": (1.0,), "clipping": (0.01,)},
-                       "optax.clip_by_global_norm + optax.adamw + optax.adaptive_grad_clip "
-                       "on the kernels' step: split_adam's plain-optax twin"),
-}
-PRESETS = {
-    "split_sgd": (osp.split_sgd, False, "optax_split.split_sgd, learning_rate = rate / 0.01"),
-    "split_adam": (osp.split_adam, True, "optax_split.split_adam, learning_rate = rate / 0.01"),
-}
-NAMES = (*_BASELINES, *PRESETS)
+_EFFECTIVE = f"learning_rate = rate / {LOCAL_FRACTION:g}"
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
+    Preset("split_sgd", osp.split_sgd, adaptive=False,
+           description=f"optax_split.split_sgd, {_EFFECTIVE}"),
+    Preset("split_adam", osp.split_adam, adaptive=True,
+           description=f"optax_split.split_adam, {_EFFECTIVE}"),
+)}
+NAMES = (*BASELINES, *PRESETS)
 # What `optax-split compare` runs unless told otherwise: what practitioners run
-# (momentum SGD and AdamW with clipping, ZClip), Muon (the suite's strongest
-# baseline: #2 on adding and on lm, results/suite/suite.md), the presets at
-# their defaults, and the step split around Muon.
+# (momentum SGD and AdamW with clipping, ZClip), Muon, the presets at their
+# defaults, and the step split around Muon.
 DEFAULT_NAMES = ("msgd_clip", "adamw_clip", "zclip", "muon", "split_sgd", "split_adam",
                  "muon+split")
 
@@ -329,10 +368,6 @@ def _parse_options(text: str, name: str) -> dict[str, str]:
 
 def _values(text: str) -> tuple[float, ...]:
   return tuple(float(v) for v in text.split("/"))
-
-
-# A name that ends in this wraps the optimizer in ``optax_split.split_step``.
-STEP_SPLIT = "+split"
 
 
 def _with_step_split(spec: OptimizerSpec) -> OptimizerSpec:
@@ -362,21 +397,16 @@ def get(name: str) -> OptimizerSpec:
     return _with_step_split(get(name.removesuffix(STEP_SPLIT)))
   base, _, text = name.partition(":")
   options = _parse_options(text, name)
-  if base in _BASELINES:
-    build, adaptive, grid, description = _BASELINES[base]
-    grid = dict(grid)
+  if base in BASELINES:
+    spec = BASELINES[base]
+    grid = dict(spec.grid)
     for key, value in options.items():
       if key not in grid and key != "weight_decay":
         raise ValueError(
             f"{base} has no option {key!r}; it takes {sorted([*grid, 'weight_decay'])}."
         )
       grid[key] = _values(value)
-    return OptimizerSpec(name, build, adaptive, grid, description)
+    return dataclasses.replace(spec, name=name, grid=grid)
   if base in PRESETS:
-    factory, adaptive, description = PRESETS[base]
-    # Several alphas (alpha=1/3) are swept in the one program, like the rates.
-    grid = {"alpha": _values(options.pop("alpha"))} if "/" in options.get("alpha", "") else {}
-    if "weight_decay" in options:
-      grid["weight_decay"] = _values(options.pop("weight_decay"))
-    return OptimizerSpec(name, _preset(factory, options, adaptive), adaptive, grid, description)
+    return PRESETS[base].spec(options, name)
   raise ValueError(f"Unknown optimizer {base!r}. Choose from {', '.join(NAMES)}.")

@@ -1,34 +1,37 @@
-"""PNG plots of the best grid point of each optimizer.
+"""Rendering as PNG: the curves of each optimizer's best grid point, the suite's rate curves.
 
 Figures are made with ``matplotlib.figure.Figure`` rather than pyplot: saving
 them needs no display and no global backend choice, so importing this module
 leaves inline plotting in a notebook alone.
 """
 
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from optax_split.experiments.results import Summary, TaskRecord
+
 _DPI = 60
 _SIZE = (6.0, 3.8)
 
 
-def _curve_figure(summaries: list[dict], key: str, ylabel: str, title: str, *, log: bool,
+def _curve_figure(summaries: list[Summary], key: str, ylabel: str, title: str, *, log: bool,
                   band: bool) -> Figure:
   """Median over seeds per optimizer; with ``band``, the seeds' min-max band too."""
   fig = Figure(figsize=_SIZE)
   ax = fig.add_subplot()
   for s in summaries:
-    curve = np.asarray(s["curves"][key], float)  # (seeds, points), None -> NaN
+    curve = np.asarray(s.curves[key], float)  # (seeds, points), None -> NaN
     if not np.isfinite(curve).any():
       continue
-    step = np.asarray(s["curves"]["step"])
+    step = np.asarray(s.curves["step"])
     with warnings.catch_warnings():  # All-NaN columns (diverged seeds) are expected.
       warnings.simplefilter("ignore", RuntimeWarning)
       (line,) = ax.plot(step, np.nanmedian(curve, axis=0), lw=1.2,
-                        label=f"{s['optimizer']} @ {s['best']['rate']:g}")
+                        label=f"{s.optimizer} @ {s.best['rate']:g}")
       if band:
         ax.fill_between(step, np.nanmin(curve, axis=0), np.nanmax(curve, axis=0),
                         color=line.get_color(), alpha=0.15, lw=0)
@@ -44,7 +47,7 @@ def _curve_figure(summaries: list[dict], key: str, ylabel: str, title: str, *, l
   return fig
 
 
-def write(out: Path, task_name: str, summaries: list[dict]) -> list[Path]:
+def write(out: Path, task_name: str, summaries: list[Summary]) -> list[Path]:
   """Writes ``loss.png``, ``grad_norm.png`` and ``global_share.png``; returns their paths."""
   figures = {
       "loss.png": _curve_figure(
@@ -63,3 +66,23 @@ def write(out: Path, task_name: str, summaries: list[dict]) -> list[Path]:
     fig.savefig(path, dpi=_DPI)
     paths.append(path)
   return paths
+
+
+def sensitivity_figure(records: list[TaskRecord]) -> Figure:
+  """Final validation metric against the rate, one curve per optimizer, a panel per task."""
+  fig = Figure(figsize=(4.2 * len(records), 3.6))
+  for i, t in enumerate(records):
+    ax = fig.add_subplot(1, len(records), i + 1)
+    for s in t.optimizers:
+      values = [math.nan if v is None else v for v in s.suite.final_val_by_rate]
+      ax.plot(s.suite.rates, values, marker="o", ms=3, lw=1.2, label=s.optimizer,
+              ls="-" if s.optimizer.startswith("split") else "--")
+    ax.set_xscale("log")
+    ax.set_xlabel("effective learning rate")
+    ax.set_ylabel(f"final validation {t.metric}")
+    ax.set_title(t.task, fontsize=10)
+    ax.grid(alpha=0.3)
+    if i == 0:
+      ax.legend(fontsize=6)
+  fig.tight_layout()
+  return fig

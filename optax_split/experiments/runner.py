@@ -116,9 +116,8 @@ def make_program(task: Task, spec: OptimizerSpec, steps: int):
 
   The runs are batched with ``jax.vmap``. On a CPU the small models of the
   tasks are bound by the cost of launching their many small operations, not
-  by arithmetic, so batching runs is what makes them cheap: ``jax.lax.map``
-  (one run after the other in the same program) took 1.8-2.6x as long
-  (``benchmarks/seeds_scaling.py`` and ``benchmarks/README.md``).
+  by arithmetic, so batching runs is what makes them cheap
+  (``benchmarks/seeds_scaling.py`` measures it against ``jax.lax.map``).
   """
   one_run = one_run_fn(task, spec, steps)
   over_seeds = jax.vmap(one_run, in_axes=(None, 0, None))

@@ -12,58 +12,61 @@ whether the winner's edge is beyond what the seeds alone would give.
 import math
 
 from optax_split.experiments import optimizers
+from optax_split.experiments.results import Summary
 
 # A sign test p-value under this calls a difference beyond the seed noise.
 SIGNIFICANCE = 0.05
 
 
-def score(summary: dict, *, target: float | None, higher_is_better: bool) -> float:
+def score(summary: Summary, *, target: float | None, higher_is_better: bool) -> float:
   """The number an optimizer is ranked by on its task: smaller is better.
 
   Example:
-    >>> print(score({"test_metric_at_best_val": 0.9}, target=None, higher_is_better=True))
+    >>> row = Summary(optimizer="adam", test_metric_at_best_val=0.9)
+    >>> print(score(row, target=None, higher_is_better=True))
     -0.9
-    >>> print(score({"steps_to_target": None}, target=0.95, higher_is_better=True))
+    >>> print(score(row, target=0.95, higher_is_better=True))  # Never reached the target.
     inf
   """
   if target is not None:
-    reached = summary.get("steps_to_target")
+    reached = summary.steps_to_target
     return math.inf if reached is None else reached
-  metric = summary["test_metric_at_best_val"]
+  metric = summary.test_metric_at_best_val
   if metric is None:
     return math.inf
   return -metric if higher_is_better else metric
 
 
-def ranks(summaries: list[dict], *, target: float | None,
+def ranks(summaries: list[Summary], *, target: float | None,
           higher_is_better: bool) -> dict[str, float]:
   """Rank (1 = best, ties share the mean rank) of each optimizer's tuned best.
 
   Example:
-    >>> rows = [{"optimizer": n, "test_metric_at_best_val": v}
+    >>> rows = [Summary(optimizer=n, test_metric_at_best_val=v)
     ...         for n, v in (("a", 0.2), ("b", 0.1), ("c", 0.2))]
     >>> print(ranks(rows, target=None, higher_is_better=False))
     {'a': 2.5, 'b': 1.0, 'c': 2.5}
   """
-  scores = {s["optimizer"]: score(s, target=target, higher_is_better=higher_is_better)
+  scores = {s.optimizer: score(s, target=target, higher_is_better=higher_is_better)
             for s in summaries}
   ordered = sorted(scores.values())
   return {name: sum(i + 1 for i, v in enumerate(ordered) if v == value)
           / ordered.count(value) for name, value in scores.items()}
 
 
-def by_seed(summary: dict, *, target: float | None) -> list[float | None]:
+def by_seed(summary: Summary, *, target: float | None) -> list[float | None]:
   """What the rank is made of, seed by seed at the best grid point (None: diverged or never)."""
-  return summary["by_seed"]["steps_to_target" if target is not None else "test_metric"]
+  return summary.by_seed["steps_to_target" if target is not None else "test_metric"]
 
 
-def spread(summary: dict, *, target: float | None) -> str:
+def spread(summary: Summary, *, target: float | None) -> str:
   """The range over seeds of the ranked number, e.g. ``"0.0029-0.0041"``.
 
   Seeds that diverged (or never reached the target) are counted after it.
 
   Example:
-    >>> print(spread({"by_seed": {"test_metric": [0.02, None, 0.0104]}}, target=None))
+    >>> row = Summary(optimizer="sgd", by_seed={"test_metric": [0.02, None, 0.0104]})
+    >>> print(spread(row, target=None))
     0.0104-0.02, 1 diverged
   """
   values = by_seed(summary, target=target)
@@ -85,7 +88,7 @@ def sign_test(wins: int, trials: int) -> float:
   return sum(math.comb(trials, k) for k in range(wins, trials + 1)) / 2**trials
 
 
-def paired(first: dict, second: dict, *, target: float | None,
+def paired(first: Summary, second: Summary, *, target: float | None,
            higher_is_better: bool) -> tuple[int, int]:
   """Seeds on which ``first`` beat ``second``, and seeds that were not a tie.
 
@@ -101,13 +104,13 @@ def paired(first: dict, second: dict, *, target: float | None,
   return sum(a < b for a, b in pairs), sum(a != b for a, b in pairs)
 
 
-def leader_edge(leader: dict, other: dict, *, target: float | None,
+def leader_edge(leader: Summary, other: Summary, *, target: float | None,
                 higher_is_better: bool) -> str:
   """On how many paired seeds ``leader`` beat ``other``, with the sign test's p-value.
 
   Example:
-    >>> a = {"by_seed": {"test_metric": [0.1, 0.2, 0.1, 0.3, 0.2]}}
-    >>> b = {"by_seed": {"test_metric": [0.2, 0.3, 0.2, None, 0.4]}}
+    >>> a = Summary(optimizer="a", by_seed={"test_metric": [0.1, 0.2, 0.1, 0.3, 0.2]})
+    >>> b = Summary(optimizer="b", by_seed={"test_metric": [0.2, 0.3, 0.2, None, 0.4]})
     >>> print(leader_edge(a, b, target=None, higher_is_better=False))
     5/5 (p 0.031)
   """
@@ -120,11 +123,11 @@ def _is_split(name: str) -> bool:
   return name.endswith(optimizers.STEP_SPLIT) or name.partition(":")[0] in optimizers.PRESETS
 
 
-def _value(summary: dict, *, target: float | None) -> str:
+def _value(summary: Summary, *, target: float | None) -> str:
   if target is not None:
-    reached = summary.get("steps_to_target")
+    reached = summary.steps_to_target
     return "never" if reached is None else f"{reached:g} steps"
-  metric = summary["test_metric_at_best_val"]
+  metric = summary.test_metric_at_best_val
   return "diverged" if metric is None else f"{metric:.4g}"
 
 
@@ -137,14 +140,14 @@ def _margin(leader: float, other: float, *, higher: bool, target: float | None) 
   return f"{gap:.0f}% {word}" if gap >= 10 else f"{gap:.2g}% {word}"
 
 
-def verdict(summaries: list[dict], *, metric: str, target: float | None,
+def verdict(summaries: list[Summary], *, metric: str, target: float | None,
             higher_is_better: bool) -> str:
   """One line: who ranks first, by how much, and whether that is beyond the seed noise.
 
   The best of optax-split is set against the best baseline; the presets' ranks follow.
 
   Example:
-    >>> rows = [{"optimizer": n, "test_metric_at_best_val": v, "by_seed": {"test_metric": s}}
+    >>> rows = [Summary(optimizer=n, test_metric_at_best_val=v, by_seed={"test_metric": s})
     ...         for n, v, s in (("adamw_clip", 0.010, [0.010, 0.011, 0.009, 0.012, 0.010]),
     ...                         ("split_adam", 0.008, [0.008, 0.007, 0.0085, 0.008, 0.006]))]
     >>> print(verdict(rows, metric="mse", target=None, higher_is_better=False))
@@ -154,14 +157,14 @@ p = 0.031). Presets at their defaults: split_adam #1 of 2.
   """
   options = {"target": target, "higher_is_better": higher_is_better}
   rank = ranks(summaries, **options)
-  ordered = sorted(summaries, key=lambda s: rank[s["optimizer"]])
-  ours = [s for s in ordered if _is_split(s["optimizer"])]
-  theirs = [s for s in ordered if not _is_split(s["optimizer"])]
+  ordered = sorted(summaries, key=lambda s: rank[s.optimizer])
+  ours = [s for s in ordered if _is_split(s.optimizer)]
+  theirs = [s for s in ordered if not _is_split(s.optimizer)]
   what = f"steps to validation {metric} {target:g}" if target is not None else f"test {metric}"
   if not ours or not theirs:
     best = ordered[0]
-    return f"Verdict: {best['optimizer']} ranks first: {what} {_value(best, target=target)}."
-  ours_first = rank[ours[0]["optimizer"]] <= rank[theirs[0]["optimizer"]]
+    return f"Verdict: {best.optimizer} ranks first: {what} {_value(best, target=target)}."
+  ours_first = rank[ours[0].optimizer] <= rank[theirs[0].optimizer]
   leader, other = (ours[0], theirs[0]) if ours_first else (theirs[0], ours[0])
   if math.isinf(score(leader, **options)):
     ending = "reached the target" if target is not None else "kept a finite loss on any seed"
@@ -172,24 +175,24 @@ p = 0.031). Presets at their defaults: split_adam #1 of 2.
   seeds = len(by_seed(leader, target=target))
   if score(leader, **options) == score(other, **options):
     line = (f"Verdict: a tie at the top, {what} {_value(leader, target=target)} for "
-            f"{leader['optimizer']} and for {side}, {other['optimizer']}; "
-            f"{leader['optimizer']} is better on {wins} and worse on {trials - wins} of "
+            f"{leader.optimizer} and for {side}, {other.optimizer}; "
+            f"{leader.optimizer} is better on {wins} and worse on {trials - wins} of "
             f"{seeds} paired seeds.")
     return line + _presets_clause(ordered, rank)
   margin = _margin(abs(score(leader, **options)), abs(score(other, **options)),
                    higher=higher_is_better, target=target)
   beyond = p < SIGNIFICANCE
-  line = (f"Verdict: {leader['optimizer']} ranks first, {what} {_value(leader, target=target)} "
-          f"against {_value(other, target=target)} for {side}, {other['optimizer']} "
+  line = (f"Verdict: {leader.optimizer} ranks first, {what} {_value(leader, target=target)} "
+          f"against {_value(other, target=target)} for {side}, {other.optimizer} "
           f"({margin}), {'and' if beyond else 'but'} is better on {wins} of {seeds} paired "
           f"seeds: {'beyond' if beyond else 'within'} the seed noise (sign test p = {p:.2g}).")
   return line + _presets_clause(ordered, rank)
 
 
-def _presets_clause(ordered: list[dict], rank: dict[str, float]) -> str:
+def _presets_clause(ordered: list[Summary], rank: dict[str, float]) -> str:
   """`` Presets at their defaults: split_adam #5, split_sgd #7 of 7.`` (empty without one)."""
-  presets = [s for s in ordered if s["optimizer"] in optimizers.PRESETS]
+  presets = [s for s in ordered if s.optimizer in optimizers.PRESETS]
   if not presets:
     return ""
   return " Presets at their defaults: " + ", ".join(
-      f"{s['optimizer']} #{rank[s['optimizer']]:g}" for s in presets) + f" of {len(ordered)}."
+      f"{s.optimizer} #{rank[s.optimizer]:g}" for s in presets) + f" of {len(ordered)}."

@@ -1,0 +1,50 @@
+"""Runs into the same folder: a lock, and the rows of an earlier run kept beside the new ones."""
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from optax_split.experiments.results import Settings, Summary
+from optax_split.experiments.tasks.base import Task
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+  """Holds an exclusive lock on ``folder``, so that runs into it merge one at a time.
+
+  Example:
+    >>> import tempfile
+    >>> with locked(Path(tempfile.mkdtemp())):
+    ...   print("merging")
+    merging
+  """
+  folder.mkdir(parents=True, exist_ok=True)
+  with open(folder / ".lock", "w") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def with_earlier(path: Path, task: Task, settings: Settings, summaries: list[Summary],
+                 command: str, drop: list[str]) -> tuple[list[Summary], str]:
+  """``summaries`` after those of an earlier ``results.json`` of the task with the same settings.
+
+  An optimizer run again replaces its earlier summary, and the earlier rows
+  named in ``drop`` go; the commands of both runs are kept, one a line. An
+  earlier file made with other settings is left out.
+  """
+  if not path.exists():
+    return summaries, command
+  earlier = json.loads(path.read_text())
+  same = (earlier["settings"] == settings.to_json()
+          and earlier["task_settings"] == json.loads(json.dumps(task.settings)))
+  if not same:
+    return summaries, command
+  gone = {s.optimizer for s in summaries} | set(drop)
+  kept = [Summary.from_json(s) for s in earlier["optimizers"] if s["optimizer"] not in gone]
+  commands = dict.fromkeys([*earlier["command"].splitlines(), command])
+  return kept + summaries, "\n".join(commands)
