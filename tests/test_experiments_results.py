@@ -23,7 +23,7 @@ def test_summary_reads_back_what_it_writes_and_alpha_slices_are_named():
     assert list(data)[:10] == ["optimizer", "description", "best", "diverged_seeds_at_best",
                                "seeds", "diverged_runs", "runs", "final_train_loss",
                                "test_metric_at_best_val", "by_seed"]
-    assert Summary.from_json(data) == s
+    assert Summary.from_json(data, higher_is_better=task.higher_is_better) == s
     assert s.best["rate"] in (0.01, 1e4) and "alpha" not in s.best
 
 
@@ -32,7 +32,7 @@ def test_a_summary_without_per_seed_numbers_reads_them_from_its_best_grid_point(
   grid = [{"rate": 0.1, "test_metric_at_best_val": [0.3, None]},
           {"rate": 1.0, "test_metric_at_best_val": [0.2, 0.4], "steps_to_target": [5.0, None]}]
   old = {"optimizer": "sgd", "best": {"rate": 1.0}, "grid": grid, "ignored": 1}
-  got = Summary.from_json(old)
+  got = Summary.from_json(old, higher_is_better=False)
   assert got.by_seed == {"test_metric": [0.2, 0.4], "steps_to_target": [5.0, None]}
 
 
@@ -52,3 +52,14 @@ def test_suite_stats_round_trip():
   stats = SuiteStats(rates=[0.1], final_val_by_rate=[None], init_val=2.0, spikes_at_best=0.0,
                      spikes_grid=3)
   assert SuiteStats.from_json(stats.to_json()) == stats
+
+
+def test_an_earlier_record_reads_with_todays_sensitivity():
+  stats = {"rates": [0.1, 1.0], "final_val_by_rate": [2.5, None], "init_val": 8.0,
+           "spikes_at_best": 0.0, "spikes_grid": 0}
+  data = {"task": "adding", "command": "c", "metric": "mse", "higher_is_better": False,
+          "target": None, "settings": {}, "task_settings": {}, "sensitivity": {"sgd": 99.0},
+          "optimizers": [{"optimizer": "sgd", "by_seed": {"test_metric": [2.5]}, "suite": stats}]}
+  record = TaskRecord.from_json(data)
+  assert record.sensitivity == {"sgd": (0.0 + 5.5) / 2}  # Against its own best, 2.5.
+  assert record.to_json()["sensitivity"] == {"sgd": 2.75}

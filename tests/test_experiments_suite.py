@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from optax_split.experiments import cli, metrics
-from optax_split.experiments.results import SuiteStats
 
 
 def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
@@ -26,6 +25,10 @@ def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
       assert len(s["suite"]["final_val_by_rate"]) == len(s["suite"]["rates"])
       assert s["suite"]["spikes_grid"] >= 0
   assert (tmp_path / "lr_sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+  assert "minus that optimizer's own best" in printed
+  for task in report["tasks"]:
+    for s in task["optimizers"]:
+      assert task["sensitivity"][s["optimizer"]] == s["lr_sensitivity"]
   assert (tmp_path / "lm" / "results.json").exists() and "# Suite" in printed
   # A later run of one task joins the tasks already there, and its optimizers
   # join (or replace) those of the earlier run with the same settings.
@@ -52,17 +55,29 @@ def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
   assert merged[0]["by_seed"] == expected["split_adam"]
 
 
-def _curve(finals, init=8.0):
-  return SuiteStats(rates=[0.1, 1.0, 10.0], final_val_by_rate=finals, init_val=init,
-                    spikes_at_best=0.0, spikes_grid=0)
+def test_sensitivity_is_the_mean_gap_to_the_optimizers_own_best_capped_at_init():
+  # Lower is better; a diverged rate and one worse than init count as init (8).
+  assert metrics.lr_sensitivity([3.0, 2.0, 3.0], 8.0, higher_is_better=False) == pytest.approx(
+      (1.0 + 0.0 + 1.0) / 3)
+  assert metrics.lr_sensitivity([2.5, None, 9.0], 8.0, higher_is_better=False) == pytest.approx(
+      (0.0 + 5.5 + 5.5) / 3)
+  assert metrics.lr_sensitivity([None, None], 8.0, higher_is_better=False) is None
 
 
-def test_sensitivity_is_the_mean_gap_to_the_best_capped_at_init():
-  curves = {"steady": _curve([3.0, 2.0, 3.0]), "fragile": _curve([2.5, None, 9.0])}
-  got = metrics.lr_sensitivity(curves, higher_is_better=False)
-  # Best of all runs is 2.0; a diverged rate and one worse than init count as init (8).
-  assert got["steady"] == pytest.approx((1.0 + 0.0 + 1.0) / 3)
-  assert got["fragile"] == pytest.approx((0.5 + 6.0 + 6.0) / 3)
+def test_sensitivity_against_its_own_best_differs_from_the_gap_to_the_tasks_best():
+  # Two optimizers on one task: "steady" reaches 2.0, "fragile" at best 2.5.
+  steady, fragile, init = [3.0, 2.0, 3.0], [2.5, None, 9.0], 8.0
+  task_best = min(v for v in steady + fragile if v is not None)
+  old = np.mean([init - task_best if v is None else min(init, v) - task_best for v in fragile])
+  new = metrics.lr_sensitivity(fragile, init, higher_is_better=False)
+  assert old == pytest.approx(12.5 / 3) and new == pytest.approx(11.0 / 3)
+  # The task's best mixed fragile's gap to steady's best loss (0.5) into every rate.
+  assert old - new == pytest.approx(2.5 - 2.0, abs=1e-5)
+
+
+def test_sensitivity_is_mirrored_where_higher_is_better():
+  got = metrics.lr_sensitivity([0.9, 0.5, None], 0.6, higher_is_better=True)
+  assert got == pytest.approx((0.0 + 0.3 + 0.3) / 3)
 
 
 def test_spikes_are_counted_against_the_running_median():

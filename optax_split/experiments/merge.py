@@ -45,6 +45,7 @@ def with_earlier(path: Path, task: Task, settings: Settings, summaries: list[Sum
   if not same:
     return summaries, command
   gone = {s.optimizer for s in summaries} | set(drop)
-  kept = [Summary.from_json(s) for s in earlier["optimizers"] if s["optimizer"] not in gone]
+  kept = [Summary.from_json(s, higher_is_better=task.higher_is_better)
+          for s in earlier["optimizers"] if s["optimizer"] not in gone]
   commands = dict.fromkeys([*earlier["command"].splitlines(), command])
   return kept + summaries, "\n".join(commands)

@@ -93,34 +93,43 @@ def finite_median(x: np.ndarray) -> float:
   return float(np.median(finite)) if finite.size else math.nan
 
 
-def lr_sensitivity(curves: dict, *, higher_is_better: bool) -> dict[str, float | None]:
-  """Learning-rate sensitivity (Wortsman et al., 2023) of each optimizer on one task.
+def lr_sensitivity(final_by_rate: list[float | None], init: float | None, *,
+                   higher_is_better: bool) -> float | None:
+  """Learning-rate sensitivity as Wortsman et al. (2023) define it: lower is better.
 
   The mean over the swept rates of ``min(metric(rate), metric at init)`` minus
-  the best metric of all runs on the task; for a metric where higher is
+  the optimizer's own best ``min(metric(rate))``; for a metric where higher is
   better, with the signs turned round. A diverged rate (None) counts as the
-  metric at init.
+  metric at init. Against the optimizer's own best, not the best of all
+  optimizers, it measures how much tuning the rate matters, apart from how
+  good the best rate is. None when every rate diverged.
 
   Args:
-    curves: Per optimizer, its :class:`~optax_split.experiments.results.SuiteStats`.
+    final_by_rate: The final validation metric at each rate (None: diverged).
+    init: The validation metric at init.
     higher_is_better: Whether a larger metric is better.
 
   Returns:
-    Per optimizer, the sensitivity in the metric's units (None: no rate on
-    the task finished).
+    The sensitivity in the metric's units, rounded for JSON; 0 when every rate
+    reached the best.
+
+  Example:
+    >>> print(lr_sensitivity([3.0, 2.0, None], 8.0, higher_is_better=False))  # (1 + 0 + 6) / 3
+    2.33333
+    >>> print(lr_sensitivity([0.9, 0.5], 0.6, higher_is_better=True))  # (0 + 0.3) / 2
+    0.15
+
+  References:
+    Wortsman et al., `Small-scale proxies for large-scale Transformer training
+    instabilities <https://arxiv.org/abs/2309.14322>`_, 2023.
   """
   sign = -1.0 if higher_is_better else 1.0
-  finals = [v for c in curves.values() for v in c.final_val_by_rate if v is not None]
-  if not finals:
-    return {name: None for name in curves}
-  best = min(sign * v for v in finals)
-  out = {}
-  for name, c in curves.items():
-    init = sign * c.init_val
-    gaps = [min(init, sign * v) - best if v is not None else init - best
-            for v in c.final_val_by_rate]
-    out[name] = json_number(np.mean(gaps))
-  return out
+  finals = [sign * v for v in final_by_rate if v is not None]
+  if not finals or init is None:
+    return None
+  best, capped = min(finals), sign * init
+  gaps = [capped - best if v is None else min(capped, sign * v) - best for v in final_by_rate]
+  return json_number(np.mean(gaps))
 
 
 def json_number(x) -> float | None:

@@ -116,11 +116,13 @@ class Summary:
     steps_to_target: Median steps to the task's validation target (None:
       never); only where the task has a target.
     suite: The rate curve and loss spikes.
+    lr_sensitivity: The learning-rate sensitivity of the rate curve
+      (:func:`metrics.lr_sensitivity`, against the optimizer's own best).
 
   Example:
     >>> s = Summary(optimizer="sgd", test_metric_at_best_val=0.1,
     ...             by_seed={"test_metric": [0.1, None]})
-    >>> print(Summary.from_json(s.to_json()) == s)
+    >>> print(Summary.from_json(s.to_json(), higher_is_better=False) == s)
     True
   """
 
@@ -138,11 +140,12 @@ class Summary:
   curves: dict[str, list] | None = None
   steps_to_target: float | None = None
   suite: SuiteStats | None = None
+  lr_sensitivity: float | None = None
 
   def to_json(self) -> dict:
     """The summary as ``results.json`` holds it."""
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    for optional in ("grid", "curves", "suite"):
+    for optional in ("grid", "curves", "suite", "lr_sensitivity"):
       if out[optional] is None:
         del out[optional]
     if "steps_to_target" not in self.by_seed:  # A task without a target.
@@ -152,11 +155,13 @@ class Summary:
     return out
 
   @classmethod
-  def from_json(cls, data: dict) -> "Summary":
+  def from_json(cls, data: dict, *, higher_is_better: bool) -> "Summary":
     """Reads a summary of ``results.json`` or ``suite_task.json``, of this version or earlier.
 
     Files written before 0.3.0 have the per-seed numbers only in their grid:
-    they are read from the best grid point.
+    they are read from the best grid point. The learning-rate sensitivity is
+    computed again from the rate curve, so that every file reads with today's
+    definition (against the optimizer's own best).
     """
     known = {f.name for f in dataclasses.fields(cls)}
     fields = {k: v for k, v in data.items() if k in known}
@@ -166,7 +171,9 @@ class Summary:
       if "steps_to_target" in best:
         fields["by_seed"]["steps_to_target"] = best["steps_to_target"]
     if "suite" in fields:
-      fields["suite"] = SuiteStats.from_json(fields["suite"])
+      suite = fields["suite"] = SuiteStats.from_json(fields["suite"])
+      fields["lr_sensitivity"] = metrics.lr_sensitivity(
+          suite.final_val_by_rate, suite.init_val, higher_is_better=higher_is_better)
     return cls(**fields)
 
 
@@ -205,8 +212,7 @@ class TaskRecord:
   @property
   def sensitivity(self) -> dict[str, float | None]:
     """Each optimizer's learning-rate sensitivity (:func:`metrics.lr_sensitivity`)."""
-    return metrics.lr_sensitivity(
-        {s.optimizer: s.suite for s in self.optimizers}, higher_is_better=self.higher_is_better)
+    return {s.optimizer: s.lr_sensitivity for s in self.optimizers}
 
   def to_json(self) -> dict:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -217,7 +223,8 @@ class TaskRecord:
   @classmethod
   def from_json(cls, data: dict) -> "TaskRecord":
     fields = {f.name: data[f.name] for f in dataclasses.fields(cls)}
-    fields["optimizers"] = [Summary.from_json(s) for s in data["optimizers"]]
+    fields["optimizers"] = [Summary.from_json(s, higher_is_better=data["higher_is_better"])
+                            for s in data["optimizers"]]
     return cls(**fields)
 
 
@@ -328,6 +335,7 @@ def summarize(task: Task, runs: Runs) -> Summary:
     by_seed["steps_to_target"] = stats(reached[best])
     for i, point in enumerate(grid):
       point["steps_to_target"] = stats(reached[i])
+  suite = _suite_stats(task, runs, bad, best)
   return Summary(
       optimizer=runs.spec.name,
       description=runs.spec.description,
@@ -349,5 +357,7 @@ def summarize(task: Task, runs: Runs) -> Summary:
           "val_metric": metrics.json_array(runs.val[best]),
       },
       steps_to_target=steps_to_target,
-      suite=_suite_stats(task, runs, bad, best),
+      suite=suite,
+      lr_sensitivity=metrics.lr_sensitivity(
+          suite.final_val_by_rate, suite.init_val, higher_is_better=task.higher_is_better),
   )

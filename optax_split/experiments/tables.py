@@ -163,10 +163,9 @@ def suite_markdown(records: list[TaskRecord], ranks: list[dict[str, float]],
   detail_header = ["task", "optimizer", "best setting", "sensitivity", "spikes (best / grid)"]
   details = []
   for t in records:
-    sensitivity = t.sensitivity
     for s in t.optimizers:
       setting = ", ".join(f"{k}={v:g}" for k, v in s.best.items())
-      details.append([t.task, s.optimizer, setting, fmt(sensitivity[s.optimizer], 3),
+      details.append([t.task, s.optimizer, setting, fmt(s.lr_sensitivity, 3),
                       f"{fmt(s.suite.spikes_at_best)} / {s.suite.spikes_grid}"])
   return (
       f"# Suite\n\nMade by\n\n```\n{commands}\n```\n\n"
@@ -176,8 +175,8 @@ def suite_markdown(records: list[TaskRecord], ranks: list[dict[str, float]],
       "only the rate swept; `:alpha=...` rows are the same preset at another alpha.\n\n"
       + markdown_table(header, rows)
       + "\n\nLearning-rate sensitivity (Wortsman et al. 2023; lower is better): the mean over "
-      "the rates of min(final validation metric, metric at init) minus the task's best, in the "
-      "task's metric. Spikes: steps whose training loss exceeds "
+      "the rates of min(final validation metric, metric at init) minus that optimizer's own "
+      "best, in the task's metric. Spikes: steps whose training loss exceeds "
       f"{metrics.SPIKE_FACTOR:g}x the median of the {metrics.SPIKE_WINDOW} steps before (median "
       "over seeds at the best setting / sum over the grid).\n\n"
       + markdown_table(detail_header, details)
