@@ -21,6 +21,7 @@ def test_compare_writes_table_json_markdown_and_plots(tmp_path, capsys):
   cli.main(argv)
   printed = capsys.readouterr().out
   assert "diverged runs (grid)" in printed and "over seeds" in printed
+  assert printed.splitlines()[0].rstrip().endswith("final train loss  lr sensitivity")
   assert "Verdict: sgd ranks first: test mse" in printed and "results.json" in printed
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["command"] == "optax-split " + " ".join(argv)
@@ -29,6 +30,9 @@ def test_compare_writes_table_json_markdown_and_plots(tmp_path, capsys):
   assert sgd["diverged_seeds_at_best"] == 0 and sgd["final_train_loss"] > 0
   assert len(sgd["curves"]["loss"]) == 2  # One curve per seed.
   assert len(sgd["by_seed"]["test_metric"]) == 2
+  # Rate 1000 diverged: it counts as the metric at init against sgd's own best.
+  assert sgd["lr_sensitivity"] > 0 and sgd["suite"]["final_val_by_rate"][1] is None
+  assert f"| {sgd['lr_sensitivity']:.3g} |" in (tmp_path / "results.md").read_text()
   markdown = (tmp_path / "results.md").read_text()
   assert "| 1 | sgd | 0.01 |" in markdown and results["verdict"] in markdown
   for name in ("loss.png", "grad_norm.png", "global_share.png"):

@@ -56,7 +56,8 @@ def compare_table(task: Task, summaries: list[Summary],
   The ranked number (the test metric, or the steps to the target) comes with
   its median, its range over seeds, and the paired seeds on which the first
   row beat this one (with the sign test's p-value): which rows the first one
-  is ahead of beyond the seed noise.
+  is ahead of beyond the seed noise. The last column is the learning-rate
+  sensitivity (:func:`~optax_split.experiments.metrics.lr_sensitivity`).
   """
   options = {"target": task.target, "higher_is_better": task.higher_is_better}
   rank = verdict.ranks(summaries, **options)
@@ -67,6 +68,7 @@ def compare_table(task: Task, summaries: list[Summary],
             "final train loss"]
   if task.target is not None:
     header.append(f"test {task.metric} at best val")
+  header.append("lr sensitivity")
   rows = []
   ordered = sorted(summaries, key=lambda s: rank[s.optimizer])
   for s in ordered:
@@ -83,6 +85,7 @@ def compare_table(task: Task, summaries: list[Summary],
            fmt(s.final_train_loss)]
     if task.target is not None:
       row.append(fmt(s.test_metric_at_best_val))
+    row.append(fmt(s.lr_sensitivity, 3))
     rows.append(row)
   return header, rows
 
@@ -110,7 +113,9 @@ def results_markdown(task: Task, summaries: list[Summary], settings: Settings, c
       f"{task.divergence_bound:.4g}. "
       "#: the rank of that median; over seeds: its range over the seeds; #1 better on seeds: "
       "the paired seeds on which the first row beat this one, with a one-sided sign test's "
-      "p-value. The verdict sets the "
+      "p-value. lr sensitivity (Wortsman et al. 2023; lower is better): the mean over the "
+      f"optimizer's rates of min(final validation {task.metric}, {task.metric} at init) minus "
+      "its own best, a diverged rate counting as init. The verdict sets the "
       "best of optax-split against the best baseline seed by seed (each seed starts from the "
       "same params and sees the same batches under every optimizer), a diverged seed counting "
       "as worst, and calls the difference beyond the seed noise when a one-sided sign test "
