@@ -23,6 +23,7 @@ def test_compare_writes_table_json_markdown_and_plots(tmp_path, capsys):
   assert "diverged runs (grid)" in printed and "over seeds" in printed
   assert printed.splitlines()[0].rstrip().endswith("final train loss  lr sensitivity")
   assert "Verdict: sgd ranks first: test mse" in printed and "results.json" in printed
+  assert "\n\nResolution: - (a paired t-test needs two rows" in printed  # One row only.
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["command"] == "optax-split " + " ".join(argv)
   (sgd,) = results["optimizers"]
@@ -52,6 +53,10 @@ def test_compare_ranks_sets_split_against_baseline_and_does_not_depend_on_jobs(t
   assert one["optimizers"] == two["optimizers"] and one["verdict"] == two["verdict"]
   assert [s["optimizer"] for s in one["optimizers"]] == ["sgd", "split_sgd"]  # Given order.
   assert "paired seeds" in one["verdict"] and one["verdict"] in printed
+  resolution = one["resolution"]
+  assert set(resolution["between"]) == {"sgd", "split_sgd"} and resolution["paired_seeds"] == 3
+  assert resolution["difference"] >= 0 and resolution["t"] == 2.920
+  assert f"resolve a difference of {resolution['difference']:.4g} or more at p < 0.05" in printed
   assert re.search(r"Presets at their defaults: split_sgd #[12] of 2\.$", one["verdict"])
 
 

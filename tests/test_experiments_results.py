@@ -40,7 +40,7 @@ def test_task_record_keeps_no_grid_or_curves_and_reads_back():
   task, runs = _tiny()
   summaries = results.summarize_all(task, runs)
   settings = results.Settings(4, 2, (0.01, 1e4), (0.001,))
-  record = TaskRecord.of(task, summaries, settings, "optax-split suite")
+  record = TaskRecord.of(task, summaries, settings, "optax-split suite", None)
   data = record.to_json()
   assert all("grid" not in s and "curves" not in s for s in data["optimizers"])
   assert set(data["sensitivity"]) == {"split_sgd", "split_sgd:alpha=0"}

@@ -26,6 +26,7 @@ def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
       assert s["suite"]["spikes_grid"] >= 0
   assert (tmp_path / "lr_sensitivity.png").read_bytes()[:4] == b"\x89PNG"
   assert "minus that optimizer's own best" in printed
+  assert "Tasks, each with its resolution" in printed and "; resolution -" in printed  # 1 seed.
   for task in report["tasks"]:
     for s in task["optimizers"]:
       assert task["sensitivity"][s["optimizer"]] == s["lr_sensitivity"]

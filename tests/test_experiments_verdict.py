@@ -103,3 +103,38 @@ def test_verdict_calls_a_tie_a_tie():
   assert line.startswith("Verdict: a tie at the top, steps to validation accuracy 0.95 550 steps")
   assert "better on 0 and worse on 0 of 2 paired seeds." in line
   assert line.endswith("Presets at their defaults: split_adam #1.5 of 2.")
+
+
+def test_t_quantiles_are_students_and_conservative_between_table_entries():
+  assert verdict.t_quantile(1) == 6.314 and verdict.t_quantile(4) == 2.132
+  assert verdict.t_quantile(45) == verdict.t_quantile(40)  # The smaller df's, the larger t.
+  with pytest.raises(ValueError, match="`df` must be at least 1"):
+    verdict.t_quantile(0)
+  stats = pytest.importorskip("scipy.stats")
+  for df, t in verdict.T_95.items():
+    assert t == pytest.approx(stats.t.ppf(0.95, df), abs=6e-4)
+
+
+def test_resolution_is_the_paired_t_bound_between_the_top_two_rows():
+  rows = [_row("c", [3.0, 3.0, 3.0, 3.0]), _row("b", [0.3, 0.5, 0.2, 0.6]),
+          _row("a", [0.1, 0.2, 0.2, 0.3])]
+  got = verdict.resolution(rows, **{k: v for k, v in LOWER.items() if k != "metric"})
+  differences = [0.2, 0.3, 0.0, 0.3]  # b - a: the seeds where a, the first row, is ahead.
+  assert got.between == ("a", "b") and got.paired_seeds == 4 and got.t == 2.353
+  assert got.sd == pytest.approx(statistics.stdev(differences), rel=1e-5)
+  assert got.mean_difference == pytest.approx(0.2, rel=1e-5)
+  assert got.difference == pytest.approx(2.353 * got.sd / 2, rel=1e-5)
+
+
+def test_resolution_for_accuracy_and_steps_skips_seeds_that_did_not_finish():
+  accuracy = [_row("a", [0.9, 0.8, None]), _row("b", [0.7, 0.7, 0.6])]
+  got = verdict.resolution(accuracy, target=None, higher_is_better=True)
+  assert got.between == ("a", "b") and got.paired_seeds == 2
+  assert got.mean_difference == pytest.approx(0.15)  # Positive: the first row is ahead.
+  steps = [_row("a", [100.0, 200.0, 300.0], target=0.95),
+           _row("b", [400.0, None, 500.0], target=0.95)]
+  got = verdict.resolution(steps, target=0.95, higher_is_better=True)
+  assert got.paired_seeds == 2 and got.mean_difference == pytest.approx(250.0)
+  assert verdict.resolution(steps[:1], target=0.95, higher_is_better=True) is None
+  lone = [_row("a", [0.1, None]), _row("b", [0.2, 0.3])]
+  assert verdict.resolution(lone, target=None, higher_is_better=False) is None

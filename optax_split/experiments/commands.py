@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from pathlib import Path
 
-from optax_split.experiments import jobs, merge, optimizers, report, suite, tasks
+from optax_split.experiments import jobs, merge, optimizers, report, suite, tasks, verdict
 from optax_split.experiments.results import Settings, TaskRecord
 
 
@@ -70,6 +70,8 @@ def run_suite(*, task_names: Sequence[str] | None, names: Sequence[str] | None, 
       summaries, commands = merge.with_earlier(folder / "results.json", task, settings,
                                                summaries, command, list(drop))
       report.write_task(folder, task, summaries, settings, commands)
-      report.write_record(folder, TaskRecord.of(task, summaries, settings, commands))
+      resolution = verdict.resolution(summaries, target=task.target,
+                                      higher_is_better=task.higher_is_better)
+      report.write_record(folder, TaskRecord.of(task, summaries, settings, commands, resolution))
   with merge.locked(out):
     return report.write_suite(out, report.read_records(out, suite.TASKS))

@@ -24,22 +24,25 @@ def write_task(out: Path, task: Task, summaries: list[Summary], settings: Settin
                command: str) -> str:
   """Writes ``results.json``, ``results.md`` and the plots to ``out``; returns the printed text.
 
-  The printed text is the comparison table and the verdict.
+  The printed text is the comparison table, its resolution and the verdict.
   """
-  conclusion = verdict.verdict(summaries, metric=task.metric, target=task.target,
-                               higher_is_better=task.higher_is_better)
+  options = {"target": task.target, "higher_is_better": task.higher_is_better}
+  conclusion = verdict.verdict(summaries, metric=task.metric, **options)
+  resolution = verdict.resolution(summaries, **options)
   out.mkdir(parents=True, exist_ok=True)
   _dump(out / "results.json", {
       "command": command, "task": task.name, "settings": settings.to_json(),
       "task_settings": task.settings, "metric": task.metric,
       "higher_is_better": task.higher_is_better, "divergence_bound": task.divergence_bound,
       "target": task.target, "verdict": conclusion,
+      "resolution": None if resolution is None else resolution.to_json(),
       "optimizers": [s.to_json() for s in summaries]})
   (out / "results.md").write_text(
-      tables.results_markdown(task, summaries, settings, command, conclusion))
+      tables.results_markdown(task, summaries, settings, command, conclusion, resolution))
   plots.write(out, task.name, summaries)
   header, rows = tables.compare_table(task, summaries, settings.steps)
-  return tables.text_table(header, rows) + "\n\n" + conclusion
+  return "\n\n".join([tables.text_table(header, rows),
+                       tables.resolution_line(task, resolution), conclusion])
 
 
 def write_record(out: Path, record: TaskRecord) -> None:

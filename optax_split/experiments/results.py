@@ -5,8 +5,8 @@ into a :class:`Summary`: its best grid point (chosen on the validation set),
 how many seeds diverged there and how many runs over the whole grid, the final
 training loss, the test metric at each seed's best validation point, the final
 validation metric per rate, the loss spikes and the learning-rate sensitivity.
-A task's summaries and settings make a :class:`TaskRecord`, what the suite
-keeps of a task. Every record has ``to_json`` and ``from_json``;
+A task's summaries, settings and resolution make a :class:`TaskRecord`, what
+the suite keeps of a task. Every record has ``to_json`` and ``from_json``;
 ``from_json`` reads the files of earlier versions too.
 """
 
@@ -178,6 +178,38 @@ class Summary:
 
 
 @dataclasses.dataclass(frozen=True)
+class Resolution:
+  """The smallest paired difference between the top two rows that the seeds resolve.
+
+  A one-sided paired t-test at p < 0.05: ``t_{0.95, n-1} * sd / sqrt(n)``,
+  ``sd`` the standard deviation of the ``n`` paired differences.
+
+  Attributes:
+    between: The top two rows' optimizers.
+    paired_seeds: The seeds on which neither diverged (nor missed the target).
+    t: The t quantile used.
+    sd: The standard deviation of the paired differences.
+    difference: The smallest resolved difference, in the ranked number's units.
+    mean_difference: The observed mean difference, positive where the first
+      row is ahead.
+  """
+
+  between: tuple[str, str]
+  paired_seeds: int
+  t: float
+  sd: float
+  difference: float
+  mean_difference: float
+
+  def to_json(self) -> dict:
+    return {**dataclasses.asdict(self), "between": list(self.between)}
+
+  @classmethod
+  def from_json(cls, data: dict) -> "Resolution":
+    return cls(**{**data, "between": tuple(data["between"])})
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskRecord:
   """What the suite keeps of one task: ``suite_task.json``.
 
@@ -190,6 +222,7 @@ class TaskRecord:
     settings: The run's settings, as JSON.
     task_settings: The task's settings, as JSON.
     optimizers: The summaries, without grids and curves.
+    resolution: The resolution of the task's top two rows, or None.
   """
 
   task: str
@@ -200,14 +233,15 @@ class TaskRecord:
   settings: dict
   task_settings: dict
   optimizers: list[Summary]
+  resolution: Resolution | None = None
 
   @classmethod
-  def of(cls, task: Task, summaries: list[Summary], settings: Settings,
-         command: str) -> "TaskRecord":
+  def of(cls, task: Task, summaries: list[Summary], settings: Settings, command: str,
+         resolution: Resolution | None) -> "TaskRecord":
     """The record of ``task``'s ``summaries``: their grids and curves left out."""
     kept = [dataclasses.replace(s, grid=None, curves=None) for s in summaries]
     return cls(task.name, command, task.metric, task.higher_is_better, task.target,
-               settings.to_json(), task.settings, kept)
+               settings.to_json(), task.settings, kept, resolution)
 
   @property
   def sensitivity(self) -> dict[str, float | None]:
@@ -218,13 +252,16 @@ class TaskRecord:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     out["optimizers"] = [s.to_json() for s in self.optimizers]
     out["sensitivity"] = self.sensitivity
+    out["resolution"] = None if self.resolution is None else self.resolution.to_json()
     return out
 
   @classmethod
   def from_json(cls, data: dict) -> "TaskRecord":
-    fields = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+    fields = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
     fields["optimizers"] = [Summary.from_json(s, higher_is_better=data["higher_is_better"])
                             for s in data["optimizers"]]
+    if fields["resolution"] is not None:  # Records before 0.4.0 have none.
+      fields["resolution"] = Resolution.from_json(fields["resolution"])
     return cls(**fields)
 
 

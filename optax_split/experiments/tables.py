@@ -5,7 +5,7 @@ and :mod:`~optax_split.experiments.verdict` computed; nothing is measured here.
 """
 
 from optax_split.experiments import metrics, verdict
-from optax_split.experiments.results import Settings, Summary, TaskRecord
+from optax_split.experiments.results import Resolution, Settings, Summary, TaskRecord
 from optax_split.experiments.tasks.base import Task
 
 
@@ -90,9 +90,38 @@ def compare_table(task: Task, summaries: list[Summary],
   return header, rows
 
 
+def _ranked_words(task: Task) -> str:
+  if task.target is not None:
+    return f"steps to validation {task.metric} {task.target:g}"
+  return f"test {task.metric}"
+
+
+def resolution_line(task: Task, resolution: Resolution | None) -> str:
+  """The task's resolution in a sentence (see :func:`verdict.resolution`).
+
+  Example:
+    >>> from optax_split.experiments import tasks
+    >>> task = tasks.make("adding", length=4, hidden=2, eval_size=2)
+    >>> r = Resolution(("a", "b"), paired_seeds=3, t=2.92, sd=1.0, difference=1.68586,
+    ...                mean_difference=2.0)
+    >>> print(resolution_line(task, r))
+    Resolution: the top two rows, a and b, differ by 2 in test mse on 3 paired seeds; the \
+seeds resolve a difference of 1.686 or more at p < 0.05 (one-sided paired t-test: t 2.92 x sd \
+1 / sqrt(3)).
+  """
+  if resolution is None:
+    return ("Resolution: - (a paired t-test needs two rows that both finished on 2 seeds "
+            "or more).")
+  r = resolution
+  return (f"Resolution: the top two rows, {r.between[0]} and {r.between[1]}, differ by "
+          f"{fmt(r.mean_difference)} in {_ranked_words(task)} on {r.paired_seeds} paired seeds; "
+          f"the seeds resolve a difference of {fmt(r.difference)} or more at p < 0.05 "
+          f"(one-sided paired t-test: t {r.t:g} x sd {fmt(r.sd)} / sqrt({r.paired_seeds})).")
+
+
 def results_markdown(task: Task, summaries: list[Summary], settings: Settings, command: str,
-                     conclusion: str) -> str:
-  """``results.md``: the command, the task, the table, the verdict and how to read them."""
+                     conclusion: str, resolution: Resolution | None) -> str:
+  """``results.md``: the command, the task, the table, its resolution, the verdict, a legend."""
   header, rows = compare_table(task, summaries, settings.steps)
   described = "\n".join(f"- `{s.optimizer}`: {s.description}" for s in summaries)
   task_line = ", ".join(f"{k}={v}" for k, v in task.settings.items())
@@ -102,7 +131,8 @@ def results_markdown(task: Task, summaries: list[Summary], settings: Settings, c
       f"effective rates: {list(settings.rates)}, "
       f"Adam-like rates: {list(settings.adaptive_rates)}.\n\n"
       + markdown_table(header, rows)
-      + f"\n\n{conclusion}\n\nBest grid point: the best median (over seeds) final validation "
+      + f"\n\n{resolution_line(task, resolution)}\n\n{conclusion}\n\n"
+      "Best grid point: the best median (over seeds) final validation "
       f"{task.metric}, a diverged seed counting as worst"
       + (f" (fewest median steps to validation {task.metric} {task.target:g} first)"
          if task.target is not None else "")
@@ -140,8 +170,11 @@ def _task_line(record: TaskRecord) -> str:
   s = record.settings
   options = ", ".join(f"{k}={v}" for k, v in record.task_settings.items())
   decays = f", weight decays {s['weight_decays']}" if "weight_decays" in s else ""
+  r = record.resolution
+  resolved = "-" if r is None else (
+      f"{fmt(r.difference)} ({r.between[0]} vs {r.between[1]}, {r.paired_seeds} paired seeds)")
   return (f"{options}; {s['steps']} steps, {s['seeds']} seed(s), effective rates "
-          f"{s['rates']}, Adam-like rates {s['adaptive_rates']}{decays}")
+          f"{s['rates']}, Adam-like rates {s['adaptive_rates']}{decays}; resolution {resolved}")
 
 
 def suite_markdown(records: list[TaskRecord], ranks: list[dict[str, float]],
@@ -185,6 +218,8 @@ def suite_markdown(records: list[TaskRecord], ranks: list[dict[str, float]],
       f"{metrics.SPIKE_FACTOR:g}x the median of the {metrics.SPIKE_WINDOW} steps before (median "
       "over seeds at the best setting / sum over the grid).\n\n"
       + markdown_table(detail_header, details)
-      + "\n\nTasks:\n\n"
+      + "\n\nTasks, each with its resolution: the smallest difference in its ranked number "
+      "between its top two rows that its paired seeds resolve at p < 0.05 (one-sided paired "
+      "t-test; - with fewer than 2 seeds on which both finished).\n\n"
       + "\n".join(f"- `{t.task}`: {_task_line(t)}" for t in records) + "\n"
   )

@@ -6,16 +6,26 @@ target). The verdict sets the best of optax-split (a preset, or an optimizer
 wrapped in ``split_step``) against the best baseline, seed by seed. Each seed
 starts from the same initial params and sees the same batches under every
 optimizer, so the comparison is paired, and a one-sided sign test says
-whether the winner's edge is beyond what the seeds alone would give.
+whether the winner's edge is beyond what the seeds alone would give. The
+task's resolution says how small a difference between the top two rows its
+seeds can resolve: a one-sided paired t-test.
 """
 
 import math
+import statistics
 
-from optax_split.experiments import optimizers
-from optax_split.experiments.results import Summary
+from optax_split.experiments import metrics, optimizers
+from optax_split.experiments.results import Resolution, Summary
 
 # A sign test p-value under this calls a difference beyond the seed noise.
 SIGNIFICANCE = 0.05
+# One-sided 95% quantiles of Student's t, by degrees of freedom. Between two
+# entries the smaller one's quantile (the larger) is taken: conservative.
+T_95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860,
+        9: 1.833, 10: 1.812, 11: 1.796, 12: 1.782, 13: 1.771, 14: 1.761, 15: 1.753,
+        16: 1.746, 17: 1.740, 18: 1.734, 19: 1.729, 20: 1.725, 21: 1.721, 22: 1.717,
+        23: 1.714, 24: 1.711, 25: 1.708, 26: 1.706, 27: 1.703, 28: 1.701, 29: 1.699,
+        30: 1.697, 40: 1.684, 60: 1.671, 120: 1.658}
 
 
 def score(summary: Summary, *, target: float | None, higher_is_better: bool) -> float:
@@ -116,6 +126,64 @@ def leader_edge(leader: Summary, other: Summary, *, target: float | None,
   """
   wins, trials = paired(leader, other, target=target, higher_is_better=higher_is_better)
   return f"{wins}/{len(by_seed(leader, target=target))} (p {sign_test(wins, trials):.2g})"
+
+
+def t_quantile(df: int) -> float:
+  """``t_{0.95, df}``, the one-sided 95% quantile of Student's t with ``df`` degrees of freedom.
+
+  Example:
+    >>> print(t_quantile(4), t_quantile(35), t_quantile(1000))
+    2.132 1.697 1.658
+  """
+  if df < 1:
+    raise ValueError(f"`df` must be at least 1, got {df}: a paired t-test needs 2 seeds.")
+  return T_95[max(k for k in T_95 if k <= df)]
+
+
+def resolution(summaries: list[Summary], *, target: float | None,
+               higher_is_better: bool) -> Resolution | None:
+  """The smallest difference between the top two rows that their seeds resolve at p < 0.05.
+
+  A one-sided paired t-test over the seeds on which both rows finished
+  (neither diverged nor missed the target): a mean paired difference of
+  ``t_{0.95, n-1} * sd / sqrt(n)`` or more, ``sd`` the standard deviation of
+  the ``n`` differences, is beyond the seed noise. It says how fine a
+  comparison the task's seeds support, whichever way the rows fall.
+
+  Args:
+    summaries: The task's summaries.
+    target: The task's validation target, or None.
+    higher_is_better: Whether a larger metric is better.
+
+  Returns:
+    The resolution, or None with fewer than two rows or 2 such seeds.
+
+  Example:
+    >>> rows = [Summary(optimizer=n, test_metric_at_best_val=v, by_seed={"test_metric": s})
+    ...         for n, v, s in (("a", 2.0, [1.0, 2.0, 3.0]), ("b", 4.0, [2.0, 4.0, 6.0]))]
+    >>> r = resolution(rows, target=None, higher_is_better=False)
+    >>> print(r.between, r.paired_seeds, r.t, r.difference, r.mean_difference)
+    ('a', 'b') 3 2.92 1.68586 2.0
+  """
+  options = {"target": target, "higher_is_better": higher_is_better}
+  rank = ranks(summaries, **options)
+  ordered = sorted(summaries, key=lambda s: rank[s.optimizer])
+  if len(ordered) < 2:
+    return None
+  first, second = ordered[:2]
+  sign = -1.0 if higher_is_better and target is None else 1.0
+  differences = [sign * (b - a) for a, b in zip(
+      by_seed(first, target=target), by_seed(second, target=target), strict=True)
+      if a is not None and b is not None]
+  n = len(differences)
+  if n < 2:
+    return None
+  sd = statistics.stdev(differences)
+  t = t_quantile(n - 1)
+  return Resolution(between=(first.optimizer, second.optimizer), paired_seeds=n, t=t,
+                    sd=metrics.json_number(sd),
+                    difference=metrics.json_number(t * sd / math.sqrt(n)),
+                    mean_difference=metrics.json_number(statistics.fmean(differences)))
 
 
 def _is_split(name: str) -> bool:
