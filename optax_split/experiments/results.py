@@ -6,8 +6,8 @@ how many seeds diverged there and how many runs over the whole grid, the final
 training loss, the test metric at each seed's best validation point, the final
 validation metric per rate, the loss spikes and the learning-rate sensitivity.
 A task's summaries, settings and resolution make a :class:`TaskRecord`, what
-the suite keeps of a task. Every record has ``to_json`` and ``from_json``;
-``from_json`` reads the files of earlier versions too.
+the suite keeps of a task. The records have ``to_json``, and those read back
+``from_json``, which reads the files of earlier versions too.
 """
 
 import dataclasses
@@ -54,12 +54,6 @@ class Settings:
     if self.weight_decays is not None:
       out["weight_decays"] = list(self.weight_decays)
     return out
-
-  @classmethod
-  def from_json(cls, data: dict) -> "Settings":
-    decays = data.get("weight_decays")
-    return cls(data["steps"], data["seeds"], tuple(data["rates"]), tuple(data["adaptive_rates"]),
-               None if decays is None else tuple(decays))
 
 
 @dataclasses.dataclass(frozen=True)
