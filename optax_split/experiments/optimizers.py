@@ -16,7 +16,12 @@ reference defaults before AdamW), ``grokfast`` (Grokfast-EMA's reference
 defaults before Adam), ``muon`` (``optax.contrib.muon``), ``lamb``
 (``optax.lamb``), ``ademamix`` (``optax.contrib.ademamix``, alpha swept) and
 ``adamw_clip_agc``, the presets' plain-optax twin (clipping, AdamW, then
-``optax.adaptive_grad_clip`` on the kernels' step). Every optimizer takes
+``optax.adaptive_grad_clip`` on the kernels' step), and the published
+update-side clippers of :mod:`~optax_split.experiments.anchors`:
+``stable_adamw`` (StableAdamW), ``adam_update_rms`` (Adam with its update's RMS
+clipped to 1, as Adafactor and Levanter do), ``agc_adamw`` (the step split's
+per-unit rule on the gradient, before AdamW) and ``adagc`` (AdaGC's per-tensor
+clip against its own history). Every optimizer takes
 ``weight_decay`` as a grid option (``adam:weight_decay=0/0.1``), which overrides
 the task's.
 
@@ -42,6 +47,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_split as osp
+from optax_split.experiments import anchors
 
 LOCAL_FRACTION = osp.defaults.LOCAL_FRACTION
 # A name that ends in this wraps the optimizer in ``optax_split.split_step``.
@@ -192,6 +198,23 @@ def _adamw_clip_agc(rate, weight_decay, b2, max_norm, clipping):
                      optax.masked(optax.adaptive_grad_clip(clipping), kernels))
 
 
+def _stable_adamw(rate, weight_decay, b2):
+  return anchors.stable_adamw(rate, b2=b2, weight_decay=weight_decay)
+
+
+def _adam_update_rms(rate, weight_decay, b2, threshold):
+  return anchors.adam_update_rms_clip(rate, b2=b2, weight_decay=weight_decay,
+                                      threshold=threshold)
+
+
+def _agc_adamw(rate, weight_decay, b2, clipping):
+  return anchors.agc_adamw(rate, b2=b2, weight_decay=weight_decay, clipping=clipping)
+
+
+def _adagc(rate, weight_decay, b2):
+  return anchors.adagc(rate, b2=b2, weight_decay=weight_decay)
+
+
 _CLIPS = (0.1, 1.0, 10.0)
 BASELINES: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     OptimizerSpec("sgd", _sgd, adaptive=False, description="optax.sgd"),
@@ -220,6 +243,16 @@ BASELINES: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     OptimizerSpec("ademamix", _ademamix, adaptive=True,
                   grid={"alpha": (2.0, 5.0), "b3": (0.999,)},
                   description="optax.contrib.ademamix"),
+    OptimizerSpec("stable_adamw", _stable_adamw, adaptive=True,
+                  description="StableAdamW: AdamW, per-tensor rate / max(1, RMS(g^2 / v_hat))"),
+    OptimizerSpec("adam_update_rms", _adam_update_rms, adaptive=True,
+                  grid={"threshold": (1.0,)},
+                  description="optax.scale_by_adam + optax.clip_by_block_rms + decay + rate "
+                  "(update RMS clipping)"),
+    OptimizerSpec("agc_adamw", _agc_adamw, adaptive=True, grid={"clipping": (0.01,)},
+                  description="optax.adaptive_grad_clip on the kernels' gradient + optax.adamw"),
+    OptimizerSpec("adagc", _adagc, adaptive=True,
+                  description="AdaGC (per-tensor clip at 1.04x an EMA of its norms) + AdamW"),
     OptimizerSpec("adamw_clip_agc", _adamw_clip_agc, adaptive=True,
                   grid={"max_norm": (1.0,), "clipping": (0.01,)},
                   description="optax.clip_by_global_norm + optax.adamw + "
