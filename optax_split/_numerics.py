@@ -50,13 +50,18 @@ def tree_norm(tree: Any) -> jax.Array:
     largest_each = [jnp.max(jnp.abs(leaf)) for leaf in leaves]
     largest = functools.reduce(jnp.maximum, largest_each, jnp.zeros([], dtype))
     scale = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1)
-    # Each leaf is divided by its own largest magnitude, not by the tree's: a
-    # divisor that depends on every leaf makes XLA's CPU backend hold a
-    # leaf-sized temporary for the division (tests/test_step_cost.py).
-    scaled = sum(
-        squared_norm(leaf / jnp.where(most > 0, most, 1)) * jnp.square(most / scale)
-        for leaf, most in zip(leaves, largest_each, strict=True)
-    )
+
+    def relative_squared_norm(leaf: jax.Array, most: jax.Array) -> jax.Array:
+      # ||leaf||^2 / scale^2 from the leaf scaled by its own largest magnitude: a divisor
+      # that depends on every leaf makes XLA's CPU backend hold a leaf-sized temporary
+      # (tests/test_step_cost.py). Two multiplies by 1 / sqrt(most), because XLA turns a
+      # division into a multiply by the reciprocal, and 1 / most is subnormal (flushed to
+      # zero) for most above about 8.5e37.
+      half = jax.lax.rsqrt(jnp.where(most > 0, most, 1))
+      return squared_norm(leaf * half * half) * jnp.square(most / scale)
+
+    scaled = sum(relative_squared_norm(leaf, most)
+                 for leaf, most in zip(leaves, largest_each, strict=True))
     return jnp.where(jnp.isfinite(largest), scale * jnp.sqrt(scaled), largest + squared)
 
   return jax.lax.cond(squared == jnp.inf, rescaled, lambda: jnp.sqrt(squared))
