@@ -8,7 +8,7 @@ import sys
 import jax
 import pytest
 
-from optax_split.experiments import cache, cli, jobs, optimizers
+from optax_split.experiments import cache, cli, commands, jobs, optimizers
 
 TINY = ["compare", "--task", "adding", "--length", "4", "--hidden", "3", "--batch-size", "4",
         "--eval-size", "8", "--steps", "20", "--seeds", "2", "--lrs", "0.01", "1000",
@@ -122,3 +122,20 @@ def test_missing_extra_names_the_distribution(monkeypatch):
     cli.main(["compare", "--help"])
   assert "scikit-learn cannot be imported" in str(exit_info.value)
   assert cli.INSTALL in str(exit_info.value)
+
+
+def test_task_options_reach_the_task(monkeypatch):
+  seen = {}
+
+  def fake_compare(*, task, task_options, **_):
+    seen.update(task=task, options=task_options)
+    return ""
+
+  monkeypatch.setattr(commands, "compare", fake_compare)
+  cli.main(["compare", "--task", "lm", "--init", "gpt", "--no-bias", "--qk-layernorm",
+            "--z-loss", "1e-4", "--adam-b2", "0.95", "--heads", "2"])
+  assert seen["task"] == "lm"
+  assert seen["options"] == {"init": "gpt", "bias": False, "qk_layernorm": True,
+                             "z_loss": 1e-4, "adam_b2": 0.95, "heads": 2}
+  cli.main(["compare", "--task", "adding", "--vector-readout"])
+  assert seen["options"] == {"vector_readout": True}

@@ -22,6 +22,8 @@ _TASK_OPTIONS = {
     "length": int, "hidden": int, "rho": float, "batch_size": int, "eval_size": int,
     "depth": int, "width": int, "classes": int, "data_dir": str, "max_train": int,
     "p": int, "operation": str, "model": str, "context": int, "corpus_dir": str,
+    "heads": int, "init": str, "bias": bool, "qk_layernorm": bool, "z_loss": float,
+    "adam_b2": float, "vector_readout": bool,
 }
 
 
@@ -89,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
   task_options.add_argument("--context", type=int, help="lm: bytes per sequence")
   task_options.add_argument("--corpus-dir", type=str,
                             help="lm: a folder of .py files (default: the standard library)")
+  task_options.add_argument("--heads", type=int, help="lm: attention heads")
+  task_options.add_argument("--init", choices=("lecun", "gpt"),
+                            help="lm: Flax's default kernels or GPT-2's N(0, 0.02)")
+  task_options.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                            help="lm: biases in the Dense layers and LayerNorms")
+  task_options.add_argument("--qk-layernorm", action=argparse.BooleanOptionalAction,
+                            default=None, help="lm: LayerNorm on queries and keys")
+  task_options.add_argument("--z-loss", type=float, help="lm: z-loss coefficient, e.g. 1e-4")
+  task_options.add_argument("--adam-b2", type=float, help="lm: Adam's b2 for every Adam-like row")
+  task_options.add_argument("--vector-readout", action=argparse.BooleanOptionalAction,
+                            default=None, help="adding: read out with a weight vector")
 
   run_suite = sub.add_parser(
       "suite", help="run every task with one optimizer list and write one report",
