@@ -8,6 +8,8 @@ import sys
 import jax
 import pytest
 
+import optax_split
+
 from optax_split.experiments import cache, cli, commands, jobs, optimizers
 
 TINY = ["compare", "--task", "adding", "--length", "4", "--hidden", "3", "--batch-size", "4",
@@ -26,6 +28,9 @@ def test_compare_writes_table_json_markdown_and_plots(tmp_path, capsys):
   assert "\n\nResolution: - (a paired t-test needs two rows" in printed  # One row only.
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["command"] == "optax-split " + " ".join(argv)
+  # The versions the numbers depend on, this package's from its source.
+  assert results["versions"]["optax_split"] == optax_split.__version__
+  assert results["versions"]["jax"] == jax.__version__
   (sgd,) = results["optimizers"]
   assert sgd["best"]["rate"] == 0.01 and sgd["diverged_runs"] == 2  # Rate 1000 blows up.
   assert sgd["diverged_seeds_at_best"] == 0 and sgd["final_train_loss"] > 0

@@ -6,11 +6,14 @@ Computing is done by :mod:`~optax_split.experiments.results` and
 this module puts them in files.
 """
 
+import importlib.metadata
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
 
+import optax_split
 from optax_split.experiments import metrics, plots, tables, verdict
 from optax_split.experiments.results import Settings, Summary, TaskRecord
 from optax_split.experiments.tasks.base import Task
@@ -20,11 +23,33 @@ def _dump(path: Path, data: dict) -> None:
   path.write_text(json.dumps(data, indent=1) + "\n")
 
 
+# The packages whose versions the numbers depend on.
+_PACKAGES = ("jax", "jaxlib", "optax", "flax", "chex")
+
+
+def versions() -> dict[str, str]:
+  """Python's version (the ``lm`` corpus is its standard library) and the packages' versions.
+
+  Example:
+    >>> print(sorted(versions()))
+    ['chex', 'flax', 'jax', 'jaxlib', 'optax', 'optax_split', 'python']
+  """
+  # This package's own version from its source: an editable install's metadata may be older.
+  found = {"python": platform.python_version(), "optax_split": optax_split.__version__}
+  for name in _PACKAGES:
+    try:
+      found[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      found[name] = "not installed"
+  return found
+
+
 def write_task(out: Path, task: Task, summaries: list[Summary], settings: Settings,
                command: str) -> str:
   """Writes ``results.json``, ``results.md`` and the plots to ``out``; returns the printed text.
 
   The printed text is the comparison table, its resolution and the verdict.
+  ``results.json`` records the :func:`versions` of the process that wrote it.
   """
   options = {"target": task.target, "higher_is_better": task.higher_is_better}
   conclusion = verdict.verdict(summaries, metric=task.metric, **options)
@@ -36,7 +61,7 @@ def write_task(out: Path, task: Task, summaries: list[Summary], settings: Settin
       "higher_is_better": task.higher_is_better, "divergence_bound": task.divergence_bound,
       "target": task.target, "verdict": conclusion,
       "resolution": None if resolution is None else resolution.to_json(),
-      "optimizers": [s.to_json() for s in summaries]})
+      "versions": versions(), "optimizers": [s.to_json() for s in summaries]})
   (out / "results.md").write_text(
       tables.results_markdown(task, summaries, settings, command, conclusion, resolution))
   plots.write(out, task.name, summaries)

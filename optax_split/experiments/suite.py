@@ -35,6 +35,10 @@ FULL = {
     "lm": {"task": {}, "steps": 1000, "seeds": 2,
            "adaptive_rates": (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0),
            "rates": (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)},
+    # The practitioners' setting (GPT init, no biases, b2 0.95), with 4 paired seeds.
+    "lm_gpt": {"task": {}, "steps": 1000, "seeds": 4,
+               "adaptive_rates": (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0),
+               "rates": (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)},
     # Every optimizer sweeps the decoupled weight decay, 0 (Grokfast's regime)
     # included: in this regime weight decay decides whether a run groks at all.
     "grokking": {"task": {}, "steps": 1000, "seeds": 1, "weight_decays": (0.0, 1.0),
