@@ -9,7 +9,6 @@ import jax
 import pytest
 
 import optax_split
-
 from optax_split.experiments import cache, cli, commands, jobs, optimizers
 
 TINY = ["compare", "--task", "adding", "--length", "4", "--hidden", "3", "--batch-size", "4",

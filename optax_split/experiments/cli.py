@@ -45,7 +45,7 @@ def missing_extra() -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
   # Imported here, not above: they need the examples extra (see main).
-  from optax_split.experiments import cache, jobs, optimizers, suite, tasks
+  from optax_split.experiments import cache, jobs, optimizers, scale, suite, tasks
 
   parser = argparse.ArgumentParser(
       prog="optax-split",
@@ -122,6 +122,28 @@ def _parser() -> argparse.ArgumentParser:
                          "(e.g. the variants of an earlier default)")
   run_suite.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   _add_run_flags(run_suite, jobs.MAX_DEFAULT_JOBS, cache.CACHE_ENV)
+
+  sweep = sub.add_parser(
+      "scale", help="sweep the lm task's width: learning-rate sensitivity as the model grows",
+      description="Trains lm_gpt at each width with every optimizer over the same grid of "
+      "rates (Wortsman et al. 2023's small-scale proxy) and writes scale.md, scale.json, "
+      "scale.png and each width's results under --out. Each optimizer is written as soon as "
+      "it is trained, and one already there with the same settings is not trained again: a "
+      "stopped sweep continues where it stopped.")
+  sweep.add_argument("--widths", type=int, nargs="+", default=None, metavar="WIDTH",
+                     help=f"default: {' '.join(map(str, scale.FULL['widths']))}")
+  sweep.add_argument("--optimizers", nargs="+", default=None, metavar="NAME",
+                     help=f"default: {' '.join(scale.ROWS)}; {scale.MODEL_FIX_SUFFIX} trains "
+                     "the model with qk-LayerNorm and z-loss")
+  sweep.add_argument("--steps", type=int, default=None,
+                     help=f"default {scale.FULL['steps']}")
+  sweep.add_argument("--seeds", type=int, default=None,
+                     help=f"default {scale.FULL['seeds']}")
+  sweep.add_argument("--quick", action="store_true",
+                     help="tiny models and few steps: checks the pipeline")
+  sweep.add_argument("--out", type=Path, required=True)
+  sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  _add_run_flags(sweep, jobs.MAX_DEFAULT_JOBS, cache.CACHE_ENV)
   return parser
 
 
@@ -157,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
       if args.command == "suite":
         print(commands.run_suite(task_names=args.tasks, names=args.optimizers,
                                  quick=args.quick, out=args.out, drop=args.drop, **run))
+      elif args.command == "scale":
+        print(commands.run_scale(widths=args.widths, names=args.optimizers, quick=args.quick,
+                                 steps=args.steps, seeds=args.seeds, out=args.out, **run))
       else:
         options = {k: getattr(args, k) for k in _TASK_OPTIONS if getattr(args, k) is not None}
         if "classes" in options:

@@ -1,10 +1,10 @@
-"""What ``optax-split compare`` and ``optax-split suite`` do, from their parsed arguments."""
+"""What ``optax-split compare``, ``suite`` and ``scale`` do, from their parsed arguments."""
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from optax_split.experiments import jobs, merge, optimizers, report, suite, tasks, verdict
-from optax_split.experiments.results import Settings, TaskRecord
+from optax_split.experiments import jobs, merge, optimizers, report, scale, suite, tasks, verdict
+from optax_split.experiments.results import Settings, Summary, TaskRecord
 
 
 class UsageError(Exception):
@@ -47,6 +47,24 @@ def compare(*, task: str, task_options: dict, names: Sequence[str] | None, seeds
                 "global_share.png"
 
 
+def _merge_into(folder: Path, lock: Path, task: tasks.Task, settings: Settings,
+                summaries: list[Summary], command: str, drop: Sequence[str] = (), *,
+                record: bool = False) -> None:
+  """Writes ``summaries`` into the task folder ``folder`` beside its earlier rows.
+
+  ``lock`` is held meanwhile: runs of other optimizers into the same folder
+  may end at the same time. With ``record``, the suite's ``suite_task.json`` too.
+  """
+  with merge.locked(lock):
+    summaries, commands = merge.with_earlier(folder / "results.json", task, settings,
+                                             summaries, command, list(drop))
+    report.write_task(folder, task, summaries, settings, commands)
+    if record:
+      resolution = verdict.resolution(summaries, target=task.target,
+                                      higher_is_better=task.higher_is_better)
+      report.write_record(folder, TaskRecord.of(task, summaries, settings, commands, resolution))
+
+
 def run_suite(*, task_names: Sequence[str] | None, names: Sequence[str] | None, quick: bool,
               out: Path, drop: Sequence[str], jobs_at_once: int | None, progress: bool,
               command: str) -> str:
@@ -54,7 +72,8 @@ def run_suite(*, task_names: Sequence[str] | None, names: Sequence[str] | None, 
 
   A task's earlier results in ``out`` with the same settings keep the rows of
   the optimizers not run again (less those in ``drop``); tasks already in
-  ``out`` join the suite's report.
+  ``out`` join the suite's report. Each optimizer is written as soon as it is
+  trained, so a stopped run keeps what it finished.
   """
   task_names = list(task_names or (suite.QUICK if quick else suite.FULL))
   specs = _specs(names or suite.OPTIMIZERS)
@@ -63,15 +82,50 @@ def run_suite(*, task_names: Sequence[str] | None, names: Sequence[str] | None, 
     sizes = suite.size(name, quick=quick)
     settings = suite.settings(sizes, task.rates, task.adaptive_rates)
     task_specs = [suite.with_weight_decays(s, settings.weight_decays) for s in specs]
-    summaries = jobs.train_all(task, task_specs, settings, jobs=jobs_at_once, progress=progress)
     folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
-    with merge.locked(out):  # Runs of other optimizers into the same folder may end meanwhile.
-      summaries, commands = merge.with_earlier(folder / "results.json", task, settings,
-                                               summaries, command, list(drop))
-      report.write_task(folder, task, summaries, settings, commands)
-      resolution = verdict.resolution(summaries, target=task.target,
-                                      higher_is_better=task.higher_is_better)
-      report.write_record(folder, TaskRecord.of(task, summaries, settings, commands, resolution))
+    write = lambda done, task=task, settings=settings, folder=folder: _merge_into(  # noqa: E731
+        folder, out, task, settings, done, command, drop, record=True)
+    # Written as each one ends, then once more in the order asked for.
+    write(jobs.train_all(task, task_specs, settings, jobs=jobs_at_once, progress=progress,
+                         on_done=write))
   with merge.locked(out):
     return report.write_suite(out, report.read_records(out, suite.TASKS))
+
+
+def run_scale(*, widths: Sequence[int] | None, names: Sequence[str] | None, quick: bool,
+              steps: int | None, seeds: int | None, out: Path, jobs_at_once: int | None,
+              progress: bool, command: str) -> str:
+  """Trains the width sweep; writes each width's report and the sweep's; returns ``scale.md``.
+
+  An optimizer already in a width's folder with the same settings is not
+  trained again, and each one is written as soon as it is trained: a stopped
+  sweep continues where it stopped. None takes the sweep's defaults
+  (:mod:`~optax_split.experiments.scale`).
+  """
+  sizes = scale.QUICK if quick else scale.FULL
+  try:
+    rows = [scale.Row.parse(n) for n in names or scale.ROWS]
+  except ValueError as error:
+    raise UsageError(str(error)) from None
+  _specs([r.optimizer for r in rows])  # Every name known, before anything trains.
+  widths = tuple(widths or sizes["widths"])
+  if min(widths) < 1:
+    raise UsageError(f"--widths must be positive, got {list(widths)}. E.g. --widths 64 128 256.")
+  settings = Settings(steps or sizes["steps"], seeds or sizes["seeds"], tuple(sizes["rates"]),
+                      tuple(sizes["adaptive_rates"]))
+  for width in widths:
+    for model_fix in (False, True):
+      wanted = [r.optimizer for r in rows if r.model_fix == model_fix]
+      if not wanted:
+        continue
+      task = _make_task("lm_gpt", scale.task_options(sizes, width, model_fix))
+      folder = out / scale.folder_name(width, model_fix)
+      done = merge.trained(folder / "results.json", task, settings)
+      todo = [n for n in wanted if n not in done]
+      write = lambda summaries, task=task, folder=folder: _merge_into(  # noqa: E731
+          folder, out, task, settings, summaries, command)
+      if todo:  # Written as each one ends, then once more in the order asked for.
+        write(jobs.train_all(task, _specs(todo), settings, jobs=jobs_at_once,
+                             progress=progress, on_done=write))
+  with merge.locked(out):
+    return report.write_scale(out, widths, [r.name for r in rows], settings)

@@ -10,6 +10,7 @@ once: every program is the same.
 import concurrent.futures
 import os
 import sys
+from collections.abc import Callable
 
 import tqdm
 
@@ -34,7 +35,8 @@ def default_jobs() -> int:
 
 
 def train_all(task: Task, specs: list[OptimizerSpec], settings: Settings, *,
-              jobs: int | None = None, progress: bool = True) -> list[Summary]:
+              jobs: int | None = None, progress: bool = True,
+              on_done: Callable[[list[Summary]], None] | None = None) -> list[Summary]:
   """Trains every optimizer on ``task``; the summaries in ``specs``' order, a preset's alphas apart.
 
   Args:
@@ -43,6 +45,8 @@ def train_all(task: Task, specs: list[OptimizerSpec], settings: Settings, *,
     settings: Steps, seeds and the grids of rates.
     jobs: Optimizers trained at once (None: :func:`default_jobs`).
     progress: Whether to show a progress bar on stderr.
+    on_done: Called with an optimizer's summaries as soon as it is trained,
+      in this thread (e.g. to write them, so that a stopped run keeps them).
 
   Returns:
     One summary per optimizer, or per ``alpha`` of a preset's ``alpha`` grid.
@@ -59,6 +63,8 @@ def train_all(task: Task, specs: list[OptimizerSpec], settings: Settings, *,
                  file=sys.stderr) as bar, concurrent.futures.ThreadPoolExecutor(jobs) as pool:
     futures = {pool.submit(train, spec): spec.name for spec in specs}
     for done in concurrent.futures.as_completed(futures):
+      if on_done is not None:
+        on_done(done.result())
       bar.set_postfix_str(futures[done])
       bar.update()
     return [summary for future in futures for summary in future.result()]

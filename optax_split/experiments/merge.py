@@ -29,6 +29,22 @@ def locked(folder: Path) -> Iterator[None]:
       fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _earlier(path: Path, task: Task, settings: Settings) -> dict | None:
+  """The earlier ``results.json`` at ``path`` if it was made with the same settings, else None."""
+  if not path.exists():
+    return None
+  earlier = json.loads(path.read_text())
+  same = (earlier["settings"] == settings.to_json()
+          and earlier["task_settings"] == json.loads(json.dumps(task.settings)))
+  return earlier if same else None
+
+
+def trained(path: Path, task: Task, settings: Settings) -> set[str]:
+  """The optimizers of an earlier ``results.json`` of the task with the same settings."""
+  earlier = _earlier(path, task, settings)
+  return set() if earlier is None else {s["optimizer"] for s in earlier["optimizers"]}
+
+
 def with_earlier(path: Path, task: Task, settings: Settings, summaries: list[Summary],
                  command: str, drop: list[str]) -> tuple[list[Summary], str]:
   """``summaries`` after those of an earlier ``results.json`` of the task with the same settings.
@@ -37,12 +53,8 @@ def with_earlier(path: Path, task: Task, settings: Settings, summaries: list[Sum
   named in ``drop`` go; the commands of both runs are kept, one a line. An
   earlier file made with other settings is left out.
   """
-  if not path.exists():
-    return summaries, command
-  earlier = json.loads(path.read_text())
-  same = (earlier["settings"] == settings.to_json()
-          and earlier["task_settings"] == json.loads(json.dumps(task.settings)))
-  if not same:
+  earlier = _earlier(path, task, settings)
+  if earlier is None:
     return summaries, command
   gone = {s.optimizer for s in summaries} | set(drop)
   kept = [Summary.from_json(s, higher_is_better=task.higher_is_better)

@@ -1,4 +1,4 @@
-"""Rendering as PNG: the curves of each optimizer's best grid point, the suite's rate curves.
+"""Rendering as PNG: each optimizer's best curves, the suite's rate curves, the width sweep.
 
 Figures are made with ``matplotlib.figure.Figure`` rather than pyplot: saving
 them needs no display and no global backend choice, so importing this module
@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from optax_split.experiments.results import Summary, TaskRecord
+from optax_split.experiments.scale import Point
 
 _DPI = 60
 _SIZE = (6.0, 3.8)
@@ -84,5 +85,52 @@ def sensitivity_figure(records: list[TaskRecord]) -> Figure:
     ax.grid(alpha=0.3)
     if i == 0:
       ax.legend(fontsize=6)
+  fig.tight_layout()
+  return fig
+
+
+def scale_figure(points: dict[str, dict[int, Point | None]], widths: tuple[int, ...]) -> Figure:
+  """Wortsman et al.'s proxy: final loss against rate, a panel per row, a curve per width.
+
+  The last two panels: each row's sensitivity and its best loss against the width.
+  """
+  panels = len(points) + 2
+  columns = min(4, panels)
+  rows = math.ceil(panels / columns)
+  fig = Figure(figsize=(3.4 * columns, 2.8 * rows))
+  shade = lambda i: 0.25 + 0.75 * i / max(1, len(widths) - 1)  # noqa: E731  darker: wider
+  axes = [fig.add_subplot(rows, columns, i + 1) for i in range(panels)]
+  for ax, (name, by_width) in zip(axes[:-2], points.items(), strict=True):
+    for i, width in enumerate(widths):
+      p = by_width[width]
+      if p is None:
+        continue
+      values = [math.nan if v is None else v for v in p.final_val_by_rate]
+      ax.plot(p.rates, values, marker="o", ms=3, lw=1.2, color=(0.1, 0.3, 0.8, shade(i)),
+              label=f"width {width}")
+    ax.set_xscale("log")
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("learning rate", fontsize=8)
+    ax.set_ylabel("final val bits/byte", fontsize=8)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=6)
+  for ax, key, label in ((axes[-2], "lr_sensitivity", "lr sensitivity"),
+                         (axes[-1], "best", "best final val bits/byte")):
+    for name, by_width in points.items():
+      shown = [(w, getattr(p, key)) for w, p in by_width.items()
+               if p is not None and getattr(p, key) is not None]
+      if shown:
+        ax.plot(*zip(*shown, strict=True), marker="o", ms=3, lw=1.2, label=name,
+                ls="-" if "split" in name else "--")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.minorticks_off()
+    ax.set_xlabel("width", fontsize=8)
+    ax.set_ylabel(label, fontsize=8)
+    ax.set_title(f"{label} against width", fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=5)
   fig.tight_layout()
   return fig

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import optax_split
-from optax_split.experiments import metrics, plots, tables, verdict
+from optax_split.experiments import metrics, plots, scale, tables, verdict
 from optax_split.experiments.results import Settings, Summary, TaskRecord
 from optax_split.experiments.tasks.base import Task
 
@@ -97,4 +97,51 @@ def write_suite(out: Path, records: list[TaskRecord]) -> str:
   md = tables.suite_markdown(records, ranks, mean_rank)
   (out / "suite.md").write_text(md)
   plots.sensitivity_figure(records).savefig(out / "lr_sensitivity.png", dpi=70)
+  return md
+
+
+def read_scale(out: Path, widths: tuple[int, ...], rows: list[str], settings: Settings
+               ) -> tuple[dict[str, dict[int, scale.Point | None]], list[str], list[dict]]:
+  """The sweep's points under ``out``, with the commands and versions that made them.
+
+  Returns:
+    Per row, per width, its point (None where that width's folder lacks the
+    row or was made with other settings); the command lines, one each; the
+    distinct versions of the processes that wrote the folders.
+  """
+  points = {name: dict.fromkeys(widths) for name in rows}
+  commands, versions = {}, []
+  for width in widths:
+    for model_fix in (False, True):
+      path = out / scale.folder_name(width, model_fix) / "results.json"
+      if not path.exists():
+        continue
+      data = json.loads(path.read_text())
+      if data["settings"] != settings.to_json():
+        continue
+      commands.update(dict.fromkeys(data["command"].splitlines()))
+      if data.get("versions") not in versions:
+        versions.append(data.get("versions"))
+      for summary in data["optimizers"]:
+        name = scale.Row(summary["optimizer"], model_fix).name
+        if name in points:
+          points[name][width] = scale.Point.of(
+              Summary.from_json(summary, higher_is_better=data["higher_is_better"]))
+  return points, list(commands), versions
+
+
+def write_scale(out: Path, widths: tuple[int, ...], rows: list[str], settings: Settings) -> str:
+  """Writes ``scale.json``, ``scale.md`` and ``scale.png`` from the width folders under ``out``.
+
+  Returns the Markdown. Rows or widths not trained yet are left blank.
+  """
+  points, commands, versions = read_scale(out, widths, rows, settings)
+  _dump(out / "scale.json", {
+      "commands": commands, "settings": settings.to_json(), "widths": list(widths),
+      "model_fix": scale.MODEL_FIX, "versions": versions,
+      "rows": {name: {str(w): None if p is None else p.to_json() for w, p in by_width.items()}
+               for name, by_width in points.items()}})
+  md = tables.scale_markdown(points, widths, settings, commands)
+  (out / "scale.md").write_text(md)
+  plots.scale_figure(points, widths).savefig(out / "scale.png", dpi=70)
   return md

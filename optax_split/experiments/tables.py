@@ -4,7 +4,7 @@ Everything here formats numbers that :mod:`~optax_split.experiments.results`
 and :mod:`~optax_split.experiments.verdict` computed; nothing is measured here.
 """
 
-from optax_split.experiments import metrics, verdict
+from optax_split.experiments import metrics, scale, verdict
 from optax_split.experiments.results import Resolution, Settings, Summary, TaskRecord
 from optax_split.experiments.tasks.base import Task
 
@@ -222,4 +222,47 @@ def suite_markdown(records: list[TaskRecord], ranks: list[dict[str, float]],
       "between its top two rows that its paired seeds resolve at p < 0.05 (one-sided paired "
       "t-test; - with fewer than 2 seeds on which both finished).\n\n"
       + "\n".join(f"- `{t.task}`: {_task_line(t)}" for t in records) + "\n"
+  )
+
+
+def scale_markdown(points: dict[str, dict[int, scale.Point | None]], widths: tuple[int, ...],
+                   settings: Settings, commands: list[str]) -> str:
+  """``scale.md``: the commands, then one table per number, a row per optimizer, a column per width.
+
+  Example:
+    >>> from optax_split.experiments.results import Settings
+    >>> md = scale_markdown({"adamw_clip": {64: None}}, (64,), Settings(10, 1, (0.1,), (0.01,)),
+    ...                     ["optax-split scale --quick"])
+    >>> print(md.splitlines()[0], "| adamw_clip | - |" in md)
+    # Width sweep True
+  """
+  header = ["optimizer", *(f"width {w}" for w in widths)]
+
+  def table(cell) -> str:
+    rows = [[name, *("-" if by_width[w] is None else cell(by_width[w]) for w in widths)]
+            for name, by_width in points.items()]
+    return markdown_table(header, rows)
+
+  mark = lambda p: " †" if p.short_of_headroom else ""  # noqa: E731
+  lines = "\n".join(commands)
+  return (
+      f"# Width sweep\n\nMade by\n\n```\n{lines}\n```\n\n"
+      f"`lm_gpt` (GPT-2's init, no biases, Adam's b2 0.95) at each width; {settings.steps} "
+      f"steps, {settings.seeds} seed(s), Adam-like rates {list(settings.adaptive_rates)}, "
+      f"effective rates {list(settings.rates)}. `{scale.MODEL_FIX_SUFFIX}` rows train the model "
+      f"with qk-LayerNorm and z-loss ({scale.MODEL_FIX['z_loss']:g}).\n\n"
+      "## Best final validation bits/byte (at rate)\n\nMedian over seeds at each rate, the "
+      f"best rate's. † marks a best rate less than {scale.HEADROOM:g}x below the grid's top: "
+      "the grid does not show where that row diverges.\n\n"
+      + table(lambda p: f"{fmt(p.best)} ({fmt(p.best_rate, 2)}){mark(p)}")
+      + "\n\n## Learning-rate sensitivity\n\nWortsman et al. (2023), lower is flatter: the "
+      "mean over the rates of min(final validation loss, loss at init) minus the row's own "
+      "best, in bits/byte.\n\n"
+      + table(lambda p: fmt(p.lr_sensitivity, 3))
+      + "\n\n## Diverged runs and loss spikes over the grid\n\n"
+      + table(lambda p: f"{p.diverged_runs}/{p.runs}, {p.spikes_grid} spikes")
+      + "\n\n## Global share at the best rate\n\nThe split's ||G||^2 / ||g||^2, mean over "
+      "training, median over seeds: how much of the step the budget moved to the global "
+      "component (- where the optimizer does not split).\n\n"
+      + table(lambda p: fmt(p.global_share, 3)) + "\n"
   )
