@@ -12,6 +12,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEP_TIME = ROOT / "benchmarks" / "step_time.py"
 GPU = ROOT / "benchmarks" / "gpu.sh"
+GPU_SCALE = ROOT / "benchmarks" / "gpu_scale.sh"
 MAIN_JOB = ROOT / "benchmarks" / "main_job.py"
 
 # One row per comparison; a row that disappears from the script fails here.
@@ -69,6 +70,24 @@ def test_gpu_script_runs_its_cpu_path(tmp_path):
   for row in rows:
     assert f"| {row['case']} | {row['split_gbps']:.1f} |" in stdout
     assert row["split_gbps"] > 0 and row["optax_gbps"] > 0
+
+
+def test_gpu_scale_script_tiny_mode_writes_the_sweep(tmp_path):
+  env = dict(os.environ, PYTHON=sys.executable)
+  proc = subprocess.run(["bash", str(GPU_SCALE), str(tmp_path), "--tiny"], capture_output=True,
+                        text=True, env=env, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.startswith("device: ") and "# Width sweep" in proc.stdout
+  report = json.loads((tmp_path / "scale.json").read_text())
+  assert report["widths"] == [8] and report["rows"]["sgd"]["8"]["runs"] == 1
+
+
+def test_gpu_scale_script_stops_at_its_time_limit_and_says_how_to_continue(tmp_path):
+  env = dict(os.environ, PYTHON=sys.executable, LIMIT_S="1")
+  proc = subprocess.run(["bash", str(GPU_SCALE), str(tmp_path), "--tiny"], capture_output=True,
+                        text=True, env=env, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Stopped at the time limit" in proc.stdout and "Run again to continue" in proc.stdout
 
 
 def test_step_time_sharded_mode_reports_every_row(tmp_path):

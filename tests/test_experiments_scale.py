@@ -51,9 +51,17 @@ def test_a_stopped_sweep_keeps_the_optimizers_it_finished(tmp_path, monkeypatch)
   assert [s["optimizer"] for s in written["optimizers"]] == ["sgd"]
 
 
-def test_an_unknown_model_variant_names_the_one_there_is():
-  with pytest.raises(SystemExit, match="@qk_z"):
-    cli.main([*TINY, "--optimizers", "sgd@qk", "--out", "unused"])
+@pytest.mark.parametrize("flags, message", [
+    (["--optimizers", "sgd@qk"], "@qk_z"),
+    (["--optimizers", "no_such_optimizer"], "no_such_optimizer"),
+    (["--widths", "0"], "--widths must be positive"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+])
+def test_bad_input_is_refused_before_anything_trains(flags, message, tmp_path, monkeypatch):
+  monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("trained"))
+  with pytest.raises(SystemExit, match=message):
+    cli.main([*TINY, *flags, "--out", str(tmp_path)])
 
 
 def _point(final_val_by_rate, rates=(0.01, 0.1, 1.0)):

@@ -111,6 +111,9 @@ def run_scale(*, widths: Sequence[int] | None, names: Sequence[str] | None, quic
   widths = tuple(widths or sizes["widths"])
   if min(widths) < 1:
     raise UsageError(f"--widths must be positive, got {list(widths)}. E.g. --widths 64 128 256.")
+  for flag, value in (("--steps", steps), ("--seeds", seeds)):
+    if value is not None and value < 1:
+      raise UsageError(f"{flag} must be at least 1, got {value}. E.g. {flag} 2.")
   settings = Settings(steps or sizes["steps"], seeds or sizes["seeds"], tuple(sizes["rates"]),
                       tuple(sizes["adaptive_rates"]))
   for width in widths:
@@ -122,8 +125,12 @@ def run_scale(*, widths: Sequence[int] | None, names: Sequence[str] | None, quic
       folder = out / scale.folder_name(width, model_fix)
       done = merge.trained(folder / "results.json", task, settings)
       todo = [n for n in wanted if n not in done]
-      write = lambda summaries, task=task, folder=folder: _merge_into(  # noqa: E731
-          folder, out, task, settings, summaries, command)
+
+      def write(summaries, task=task, folder=folder):
+        _merge_into(folder, out, task, settings, summaries, command)
+        with merge.locked(out):  # The sweep's report too: a stopped sweep's is up to date.
+          report.write_scale(out, widths, [r.name for r in rows], settings)
+
       if todo:  # Written as each one ends, then once more in the order asked for.
         write(jobs.train_all(task, _specs(todo), settings, jobs=jobs_at_once,
                              progress=progress, on_done=write))
