@@ -137,16 +137,17 @@ def test_main_job_times_a_first_and_a_second_run_of_compare(tmp_path):
     assert f"| {run} | {results['runs'][run]['wall_s']:.1f} |" in proc.stdout
 
 
-def test_small_leaf_bound_tiny_mode_writes_both_variants_of_each_preset(tmp_path):
+def test_small_leaf_bound_tiny_mode_writes_both_variants_of_a_preset(tmp_path):
+  # One preset: compiling its two programs is what costs time here.
   env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
   proc = subprocess.run(
-      [sys.executable, str(ROOT / "benchmarks" / "small_leaf_bound.py"), "--tiny", "--out",
-       str(tmp_path)], capture_output=True, text=True, env=env, timeout=600, check=False)
+      [sys.executable, str(ROOT / "benchmarks" / "small_leaf_bound.py"), "--tiny", "--presets",
+       "split_sgd", "--out", str(tmp_path)],
+      capture_output=True, text=True, env=env, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "adding.json").read_text())
   rows = {(r["preset"], r["small_leaves"]): r for r in result["rows"]}
-  assert set(rows) == {(p, v) for p in ("split_sgd", "split_adam")
-                       for v in ("unbounded", "bounded")}
+  assert set(rows) == {("split_sgd", "unbounded"), ("split_sgd", "bounded")}
   for row in rows.values():
     assert row["runs"] == 1 and math.isfinite(row["best"])
-  assert "| split_adam | bounded |" in (tmp_path / "adding.md").read_text()
+  assert "| split_sgd | bounded |" in (tmp_path / "adding.md").read_text()
