@@ -26,6 +26,10 @@ def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
       assert s["suite"]["spikes_grid"] >= 0
   assert (tmp_path / "lr_sensitivity.png").read_bytes()[:4] == b"\x89PNG"
   assert "minus that optimizer's own best" in printed
+  # How far each grid reaches past the best rate: lm's Adam-like grid is 1e-3 and 1.0.
+  assert "| top rate / best |" in printed
+  assert any(line.startswith("| lm | adam | rate=0.001 | 1e+03 |")
+             or line.startswith("| lm | adam | rate=1 | 1 † |") for line in printed.splitlines())
   assert "Tasks, each with its resolution" in printed and "; resolution -" in printed  # 1 seed.
   for task in report["tasks"]:
     for s in task["optimizers"]:

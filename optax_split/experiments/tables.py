@@ -198,12 +198,16 @@ def suite_markdown(records: list[TaskRecord], ranks: list[dict[str, float]],
                  f"{s.runs})")
     row.append(f"{rank:.2f}")
     rows.append(row)
-  detail_header = ["task", "optimizer", "best setting", "sensitivity", "spikes (best / grid)"]
+  detail_header = ["task", "optimizer", "best setting", "top rate / best", "sensitivity",
+                   "spikes (best / grid)"]
   details = []
   for t in records:
     for s in t.optimizers:
       setting = ", ".join(f"{k}={v:g}" for k, v in s.best.items())
-      details.append([t.task, s.optimizer, setting, fmt(s.lr_sensitivity, 3),
+      headroom = max(s.suite.rates) / s.best["rate"]
+      short = " †" if headroom < scale.HEADROOM * (1 - 1e-6) else ""
+      details.append([t.task, s.optimizer, setting, f"{headroom:.3g}{short}",
+                      fmt(s.lr_sensitivity, 3),
                       f"{fmt(s.suite.spikes_at_best)} / {s.suite.spikes_grid}"])
   return (
       f"# Suite\n\nMade by\n\n```\n{commands}\n```\n\n"
@@ -216,7 +220,9 @@ def suite_markdown(records: list[TaskRecord], ranks: list[dict[str, float]],
       "the rates of min(final validation metric, metric at init) minus that optimizer's own "
       "best, in the task's metric. Spikes: steps whose training loss exceeds "
       f"{metrics.SPIKE_FACTOR:g}x the median of the {metrics.SPIKE_WINDOW} steps before (median "
-      "over seeds at the best setting / sum over the grid).\n\n"
+      "over seeds at the best setting / sum over the grid). Top rate / best: how far the grid "
+      f"reaches past the best rate; † marks less than {scale.HEADROOM:g}x, where the grid does "
+      "not show where the optimizer diverges.\n\n"
       + markdown_table(detail_header, details)
       + "\n\nTasks, each with its resolution: the smallest difference in its ranked number "
       "between its top two rows that its paired seeds resolve at p < 0.05 (one-sided paired "
