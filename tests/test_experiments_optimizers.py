@@ -91,6 +91,21 @@ def test_preset_options_reach_the_preset():
   chex.assert_trees_all_close(_first_step(plain.build(0.01, 0.0, b2=0.999)), _first_step(want))
 
 
+def test_the_design_sweeps_options_reach_the_step_split():
+  spec = optimizers.get("split_adam:units=tensor,small=bound,kernels=flax,budget=0.003")
+  want = osp.split_adam(1.0, decomposition=osp.unit_excess(
+      0.003, eps=0.0, min_ndim=2, per_tensor=True, bound_small_leaves=True,
+      small_leaf_names=("bias", "scale")))
+  chex.assert_trees_all_close(_first_step(spec.build(0.01, 0.0, b2=0.999)), _first_step(want))
+  # At a rate where the budget binds, each option changes the step on these params (a bias,
+  # a kernel whose two units differ in norm).
+  default = _first_step(optimizers.get("split_adam").build(100.0, 0.0, b2=0.999))
+  for option in ("units=tensor", "small=bound", "budget=0.003"):
+    other = _first_step(optimizers.get(f"split_adam:{option}").build(100.0, 0.0, b2=0.999))
+    assert not all(jnp.allclose(a, b) for a, b in zip(jax.tree.leaves(default),
+                                                      jax.tree.leaves(other), strict=True))
+
+
 def test_weight_decay_is_decoupled_and_scaled_by_the_rate():
   spec = optimizers.get("sgd")
   zero = jax.tree.map(jnp.zeros_like, GRADS)
@@ -116,6 +131,9 @@ def test_grouped_guard_keeps_statistics_per_module():
     ("split_adam:decomposition=spike", "Unknown decomposition='spike'"),
     ("split_adam:grouped=layer", "Unknown grouped='layer'"),
     ("split_adam:guard=zclip", "Unknown guard='zclip'"),
+    ("split_adam:units=row", "Unknown units='row': use units=unit or =tensor"),
+    ("split_adam:small=floor", "Unknown small='floor'"),
+    ("split_adam:kernels=haiku", "Unknown kernels='haiku'"),
 ])
 def test_bad_names_say_what_is_accepted(name, message):
   with pytest.raises(ValueError, match=message):

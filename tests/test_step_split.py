@@ -131,6 +131,67 @@ def test_bounded_small_leaves_leave_kernels_as_they_were(params, grads):
       chex.assert_trees_all_equal(g, w)
 
 
+def _flax_attention_like():
+  # Flax's nn.MultiHeadDotProductAttention stores a query bias 2-D, (heads, head_dim).
+  params = {"query": {"kernel": jnp.full((4, 2, 3), 0.5), "bias": jnp.full((2, 3), 0.5)},
+            "norm": {"scale": jnp.ones((4,))}}
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 5.0), params)
+  return params, grads
+
+
+def test_named_small_leaves_are_left_alone_whatever_their_dimensions():
+  params, grads = _flax_attention_like()
+  by_ndim = osp.split_step(optax.sgd(1.0), decomposition=osp.unit_excess(
+      0.01, eps=0.0, min_ndim=2))
+  by_name = osp.split_step(optax.sgd(1.0), decomposition=osp.unit_excess(
+      0.01, eps=0.0, min_ndim=2, small_leaf_names=("bias", "scale")))
+  cut, _ = by_ndim.update(grads, by_ndim.init(params), params)
+  alone, _ = by_name.update(grads, by_name.init(params), params)
+  # By dimensions the 2-D bias is a kernel, its units cut to 1% of their norm ...
+  np.testing.assert_allclose(np.linalg.norm(cut["query"]["bias"], axis=0),
+                             0.01 * np.linalg.norm(params["query"]["bias"], axis=0), rtol=1e-5)
+  # ... by name it is a bias, left alone, and the kernel's step is the same either way.
+  chex.assert_trees_all_close(alone["query"]["bias"], -grads["query"]["bias"])
+  chex.assert_trees_all_equal(alone["query"]["kernel"], cut["query"]["kernel"])
+  chex.assert_trees_all_close(alone["norm"]["scale"], -grads["norm"]["scale"])
+
+
+def test_named_small_leaves_are_bounded_as_one_unit_when_asked():
+  # Only the bias's small middle column has a gradient: as a kernel its unit's budget would
+  # be 1% of that column's norm (1e-4); as one unit it is 1% of the whole bias's norm.
+  bias = jnp.array([[1.0, 0.01, 0.5], [0.0, 0.0, 0.5]])
+  params = {"kernel": jnp.full((4, 3), 0.1), "bias": bias}
+  grads = {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros((2, 3)).at[:, 1].set(5.0)}
+  tx = osp.split_step(optax.sgd(1.0), decomposition=osp.unit_excess(
+      0.01, eps=0.0, min_ndim=2, small_leaf_names=("bias",), bound_small_leaves=True))
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Its norm (1.22) is above the floor sqrt(6) x the kernel's RMS (0.1): the norm counts.
+  np.testing.assert_allclose(np.linalg.norm(updates["bias"]), 0.01 * np.linalg.norm(bias),
+                             rtol=1e-5)
+
+
+def test_per_tensor_units_share_one_budget_across_a_kernel():
+  # The second column is small: per unit its budget is tiny, per tensor it shares the leaf's.
+  params = {"kernel": jnp.array([[1.0, 0.01], [0.0, 0.0]])}
+  grads = {"kernel": jnp.array([[0.0, 1.0], [0.0, 0.0]])}
+  steps = {}
+  for per_tensor in (False, True):
+    tx = osp.split_step(optax.sgd(1.0), decomposition=osp.unit_excess(
+        0.01, eps=0.0, per_tensor=per_tensor))
+    steps[per_tensor] = tx.update(grads, tx.init(params), params)[0]["kernel"][0, 1]
+  np.testing.assert_allclose(steps[False], -0.01 * 0.01, rtol=1e-5)
+  np.testing.assert_allclose(steps[True], -0.01 * np.sqrt(1 + 0.01**2), rtol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [1e-2, 1.0, 1e6])
+def test_per_tensor_units_bound_each_leafs_step_by_its_norm(rate, params):
+  tx = osp.split_step(optax.sgd(rate), decomposition=osp.unit_excess(
+      0.01, eps=0.0, per_tensor=True))
+  for updates in _trajectory(tx, params, 1):
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+      assert np.linalg.norm(np.ravel(u)) <= 0.01 * np.linalg.norm(np.ravel(p)) * (1 + 1e-5)
+
+
 @pytest.mark.parametrize("alpha", [-1.0, -0.5, 0.0, 1.0])
 def test_alpha_reweights_the_excess_of_the_step(alpha, params, grads):
   inner = optax.adam(0.5)

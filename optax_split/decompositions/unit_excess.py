@@ -11,6 +11,16 @@ from optax_split import _numerics, _validation
 from optax_split.decompositions import base
 
 
+def _leaf_name(path: tuple) -> str | None:
+  """The last key of a leaf's path, as Flax names leaves (``kernel``, ``bias``, ``scale``)."""
+  key = path[-1] if path else None
+  if isinstance(key, jax.tree_util.DictKey):
+    return str(key.key)
+  if isinstance(key, jax.tree_util.GetAttrKey):
+    return key.name
+  return None
+
+
 def _unit_axes(x: jax.Array) -> tuple[int, ...]:
   """Axes that make one unit, as in ``optax.adaptive_grad_clip``."""
   if x.ndim <= 1:
@@ -33,6 +43,8 @@ class UnitExcess(base.Decomposition):
   eps: float = 1e-3
   min_ndim: int = 0
   bound_small_leaves: bool = False
+  small_leaf_names: tuple[str, ...] = ()
+  per_tensor: bool = False
 
   def __post_init__(self):
     _validation.check_range(
@@ -45,25 +57,36 @@ class UnitExcess(base.Decomposition):
           f"`min_ndim` must be an int of at least 0, got {self.min_ndim!r}. E.g. "
           "unit_excess(min_ndim=2) leaves biases and scales alone."
       )
-    if not isinstance(self.bound_small_leaves, bool):
+    for name in ("bound_small_leaves", "per_tensor"):
+      if not isinstance(getattr(self, name), bool):
+        raise TypeError(
+            f"`{name}` must be True or False, got {getattr(self, name)!r}. "
+            f"E.g. unit_excess(min_ndim=2, {name}=True)."
+        )
+    names = self.small_leaf_names
+    if not isinstance(names, tuple) or not all(isinstance(n, str) for n in names):
       raise TypeError(
-          f"`bound_small_leaves` must be True or False, got {self.bound_small_leaves!r}. "
-          "E.g. unit_excess(min_ndim=2, bound_small_leaves=True)."
+          f"`small_leaf_names` must be a tuple of leaf names, got {names!r}. "
+          "E.g. unit_excess(min_ndim=2, small_leaf_names=('bias', 'scale'))."
       )
 
   def init(self, params):
     del params
     return optax.EmptyState()
 
-  def _leaf(self, g: jax.Array, p: jax.Array, kernel_rms: jax.Array) -> tuple[jax.Array, ...]:
-    small = g.ndim < self.min_ndim
+  def _is_small(self, path: tuple, leaf: jax.Array) -> bool:
+    """Whether a leaf is a small leaf (a bias, a scale) rather than a kernel."""
+    return leaf.ndim < self.min_ndim or _leaf_name(path) in self.small_leaf_names
+
+  def _leaf(self, g: jax.Array, p: jax.Array, small: bool,
+            kernel_rms: jax.Array) -> tuple[jax.Array, ...]:
     if small and not self.bound_small_leaves:
       # Left alone: wholly local.
       total_sq = _numerics.squared_norm(g)
       return g, jnp.zeros_like(g), jnp.zeros_like(total_sq), total_sq
     # A small leaf is one unit; its floor lets a zero-initialised bias move as far
     # per element as a kernel weight of the tree's RMS may.
-    axes = tuple(range(g.ndim)) if small else _unit_axes(g)
+    axes = tuple(range(g.ndim)) if small or self.per_tensor else _unit_axes(g)
     g_sq = _numerics.squared_norm(g, axis=axes, keepdims=True)
     p_norm = jnp.sqrt(_numerics.squared_norm(p, axis=axes, keepdims=True))
     if small:
@@ -80,14 +103,16 @@ class UnitExcess(base.Decomposition):
     global_sq, total_sq = sums[0], sums[1]
     return local, global_, global_sq, total_sq
 
-  def _kernel_rms(self, params) -> jax.Array:
-    """RMS of the weights of the leaves of at least ``min_ndim`` dimensions (0 if none)."""
-    kernels = [p for p in jax.tree.leaves(params) if p.ndim >= self.min_ndim and p.size]
+  def _kernel_rms(self, params, small) -> jax.Array:
+    """RMS of the kernels' weights, the leaves that are not small (0 if none)."""
+    kernels = [p for p, is_small in zip(jax.tree.leaves(params), jax.tree.leaves(small),
+                                        strict=True) if not is_small and p.size]
     if not self.bound_small_leaves or not kernels:
       return jnp.zeros([], jnp.float32)
     # The same per-unit sums as the kernels' budgets: XLA computes them once.
-    total = sum(jnp.sum(_numerics.squared_norm(p, axis=_unit_axes(p), keepdims=True))
-                for p in kernels)
+    total = sum(jnp.sum(_numerics.squared_norm(
+        p, axis=tuple(range(p.ndim)) if self.per_tensor else _unit_axes(p), keepdims=True))
+        for p in kernels)
     return jnp.sqrt(total / sum(p.size for p in kernels))
 
   def decompose(self, updates, state, params):
@@ -96,16 +121,19 @@ class UnitExcess(base.Decomposition):
           "unit_excess needs the params, to set each unit's budget from its weight "
           "norm. Pass them: tx.update(grads, state, params)."
       )
-    kernel_rms = self._kernel_rms(params)
-    leaf = lambda g, p: self._leaf(g, p, kernel_rms)  # noqa: E731
-    local, global_, global_sq, total_sq = base.map_unzip(leaf, 4, updates, params)
+    # Python bools, decided at trace time from each leaf's path and shape.
+    small = jax.tree_util.tree_map_with_path(self._is_small, params)
+    kernel_rms = self._kernel_rms(params, small)
+    leaf = lambda g, p, is_small: self._leaf(g, p, is_small, kernel_rms)  # noqa: E731
+    local, global_, global_sq, total_sq = base.map_unzip(leaf, 4, updates, params, small)
     share = base.share(sum(jax.tree.leaves(global_sq), 0.0), sum(jax.tree.leaves(total_sq), 0.0))
     return local, global_, state, share
 
 
 def unit_excess(
     clipping: float = 0.01, eps: float = 1e-3, *, min_ndim: int = 0,
-    bound_small_leaves: bool = False,
+    bound_small_leaves: bool = False, small_leaf_names: tuple[str, ...] = (),
+    per_tensor: bool = False,
 ) -> UnitExcess:
   """The part of each unit's update over a budget set by its weight norm.
 
@@ -129,11 +157,17 @@ def unit_excess(
       ``eps=0`` a unit of zero weight norm is not clipped at all.
     min_ndim: Leaves with fewer dimensions are left alone (``0``: none is),
       unless ``bound_small_leaves``.
-    bound_small_leaves: Bound the leaves of fewer than ``min_ndim`` dimensions
-      too, each as one unit whose weight norm counts as at least
-      ``sqrt(size) * r``, ``r`` the RMS of the other leaves' weights: a
-      zero-initialised bias may then move per element by ``clipping * r``, as
-      far as a kernel weight of that RMS, with no absolute number.
+    bound_small_leaves: Bound the small leaves (fewer than ``min_ndim``
+      dimensions, or named in ``small_leaf_names``) too, each as one unit
+      whose weight norm counts as at least ``sqrt(size) * r``, ``r`` the RMS
+      of the kernels' weights: a zero-initialised bias may then move per
+      element by ``clipping * r``, as far as a kernel weight of that RMS, with
+      no absolute number.
+    small_leaf_names: Leaves whose name (the last key of their path) is listed
+      are small leaves whatever their dimensions: ``('bias', 'scale')`` tells
+      Flax's biases and LayerNorm scales from its kernels, such as the
+      ``(heads, head_dim)`` biases of ``nn.MultiHeadDotProductAttention``.
+    per_tensor: One unit per leaf (LAMB's granularity) instead of AGC's units.
 
   Returns:
     A :class:`Decomposition` for :func:`optax_split.split`.
@@ -151,4 +185,4 @@ def unit_excess(
     Brock et al., `High-Performance Large-Scale Image Recognition Without
     Normalization <https://arxiv.org/abs/2102.06171>`_, 2021.
   """
-  return UnitExcess(clipping, eps, min_ndim, bound_small_leaves)
+  return UnitExcess(clipping, eps, min_ndim, bound_small_leaves, small_leaf_names, per_tensor)

@@ -29,7 +29,10 @@ A name may carry options after a colon, e.g. ``split_adam:alpha=-0.5,budget=0.02
 or ``sgd_clip:max_norm=1``. An option that names a grid hyperparameter fixes
 it or sets its grid (``sgd_clip:max_norm=0.1/1``); the presets take ``alpha``
 (a grid too: ``alpha=-1/0``), ``budget`` (the step split's budget relative to
-the weight norm), ``decomposition=none`` (no step split), ``z``, ``ratio`` and
+the weight norm), ``units=tensor`` (one budget per leaf), ``small=bound`` (bound
+the leaves below two dimensions too), ``kernels=flax`` (Flax's ``bias`` and
+``scale`` leaves are small whatever their dimensions), ``decomposition=none``
+(no step split), ``z``, ``ratio`` and
 ``cap`` (the guard's z-score, relative cap and absolute cap; ``none`` turns a
 cap off), ``grouped`` (the guard's statistics per Flax ``module`` or per
 ``tensor``), ``guard=none``, ``momentum`` (``split_sgd``), ``b3`` and
@@ -292,6 +295,31 @@ def _optional(text: str | None) -> float | None:
   return None if text in (None, "none") else float(text)
 
 
+def _pick(name: str, value: str, choices: dict):
+  if value not in choices:
+    raise ValueError(f"Unknown {name}={value!r}: use {name}=" + " or =".join(choices) + ".")
+  return choices[value]
+
+
+def _step_decomposition(budget: str | None = None, units: str = "unit", small: str = "alone",
+                        kernels: str = "ndim") -> osp.UnitExcess:
+  """The default split of the step with the options of the design sweep changed.
+
+  ``budget`` (relative to the weight norm), ``units`` (``unit``: AGC's, or
+  ``tensor``: one per leaf), ``small`` (the leaves below two dimensions
+  ``alone`` or ``bound``) and ``kernels`` (told from small leaves by ``ndim``
+  alone, or ``flax``: Flax's ``bias`` and ``scale`` leaves are small whatever
+  their dimensions).
+  """
+  default = osp.defaults.STEP_DECOMPOSITION
+  return osp.unit_excess(
+      default.clipping if budget is None else float(budget), eps=default.eps,
+      min_ndim=default.min_ndim,
+      per_tensor=_pick("units", units, {"unit": False, "tensor": True}),
+      bound_small_leaves=_pick("small", small, {"alone": False, "bound": True}),
+      small_leaf_names=_pick("kernels", kernels, {"ndim": (), "flax": ("bias", "scale")}))
+
+
 def _preset_kwargs(options: Mapping[str, str]) -> dict:
   """The presets' keyword arguments from ``name:key=value`` options (an alpha grid apart)."""
   options = dict(options)
@@ -299,15 +327,14 @@ def _preset_kwargs(options: Mapping[str, str]) -> dict:
   if "alpha" in options:
     kwargs["alpha"] = float(options.pop("alpha"))
   kind = options.pop("decomposition", None)
-  budget = options.pop("budget", None)
+  unit_options = {k: options.pop(k) for k in ("budget", "units", "small", "kernels")
+                  if k in options}
   if kind == "none":
     kwargs["decomposition"] = None
   elif kind not in (None, "unit"):
     raise ValueError(f"Unknown decomposition={kind!r}: use decomposition=unit or =none.")
-  elif budget is not None:
-    default = osp.defaults.STEP_DECOMPOSITION
-    kwargs["decomposition"] = osp.unit_excess(float(budget), eps=default.eps,
-                                              min_ndim=default.min_ndim)
+  elif unit_options:
+    kwargs["decomposition"] = _step_decomposition(**unit_options)
   for key in ("b3", "slow_alpha", "momentum"):
     if key in options:
       kwargs[key] = float(options.pop(key))
@@ -325,9 +352,9 @@ def _preset_kwargs(options: Mapping[str, str]) -> dict:
     ))
   if options:
     raise ValueError(
-        f"Unknown option(s) {sorted(options)} for a preset; use alpha, budget, decomposition, "
-        "z, ratio, cap, grouped, guard, b3, slow_alpha, momentum or weight_decay, e.g. "
-        "split_adam:budget=0.02,guard=none."
+        f"Unknown option(s) {sorted(options)} for a preset; use alpha, budget, units, small, "
+        "kernels, decomposition, z, ratio, cap, grouped, guard, b3, slow_alpha, momentum or "
+        "weight_decay, e.g. split_adam:budget=0.02,guard=none."
     )
   return kwargs
 
