@@ -41,6 +41,16 @@ ROWS = (
 # rate, so that the grid shows where it diverges (the report flags the rows where not).
 HEADROOM = 10.0
 
+
+def short_of_headroom(headroom: float | None) -> bool:
+  """Whether a grid's top rate is less than :data:`HEADROOM` times the best rate.
+
+  Example:
+    >>> print(short_of_headroom(10.0), short_of_headroom(3.3), short_of_headroom(None))
+    False True False
+  """
+  return headroom is not None and headroom < HEADROOM * (1 - 1e-6)
+
 # The full sweep and ``--quick`` (sized for CI). ``task`` holds lm_gpt's options.
 FULL = {"widths": (64, 128, 256), "task": {"depth": 2}, "steps": 1000, "seeds": 2,
         "adaptive_rates": (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0),
@@ -165,7 +175,7 @@ class Point:
   @property
   def short_of_headroom(self) -> bool:
     """Whether the grid stops less than :data:`HEADROOM` times above the best rate."""
-    return self.headroom is not None and self.headroom < HEADROOM * (1 - 1e-6)
+    return short_of_headroom(self.headroom)
 
   def to_json(self) -> dict:
     return {**dataclasses.asdict(self), "short_of_headroom": self.short_of_headroom}

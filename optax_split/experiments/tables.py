@@ -205,7 +205,7 @@ def suite_markdown(records: list[TaskRecord], ranks: list[dict[str, float]],
     for s in t.optimizers:
       setting = ", ".join(f"{k}={v:g}" for k, v in s.best.items())
       headroom = max(s.suite.rates) / s.best["rate"]
-      short = " †" if headroom < scale.HEADROOM * (1 - 1e-6) else ""
+      short = " †" if scale.short_of_headroom(headroom) else ""
       details.append([t.task, s.optimizer, setting, f"{headroom:.3g}{short}",
                       fmt(s.lr_sensitivity, 3),
                       f"{fmt(s.suite.spikes_at_best)} / {s.suite.spikes_grid}"])
