@@ -70,10 +70,15 @@ def _clipped(*rest: optax.GradientTransformation) -> optax.GradientTransformatio
   return optax.chain(optax.clip_by_global_norm(MAX_NORM), *rest)
 
 
-def _step_agc(optimizer: optax.GradientTransformation,
-              eps: float = 0.0) -> optax.GradientTransformation:
-  """AGC after the optimizer on the leaves of 2+ dims: the step split in plain optax."""
-  return optax.chain(optimizer, optax.masked(optax.adaptive_grad_clip(0.01, eps=eps), kernels))
+def _step_agc(optimizer: optax.GradientTransformation, eps: float = 0.0, *,
+              every_leaf: bool = False) -> optax.GradientTransformation:
+  """AGC after the optimizer on the leaves of 2+ dims: the step split in plain optax.
+
+  ``every_leaf`` clips the biases too, each as one unit: split_sgd's step split,
+  less the floor that lets a zero bias move.
+  """
+  agc = optax.adaptive_grad_clip(0.01, eps=eps)
+  return optax.chain(optimizer, agc if every_leaf else optax.masked(agc, kernels))
 
 
 CASES = (
@@ -147,9 +152,9 @@ CASES = (
     ),
     Case(
         "split_sgd (defaults)",
-        "clip_by_global_norm + sgd(momentum=0.9) + adaptive_grad_clip on the kernels",
+        "clip_by_global_norm + sgd(momentum=0.9) + adaptive_grad_clip on every leaf",
         lambda: osp.split_sgd(PRESET_RATE),
-        lambda: _step_agc(_clipped(optax.sgd(LEARNING_RATE, momentum=0.9))),
+        lambda: _step_agc(_clipped(optax.sgd(LEARNING_RATE, momentum=0.9)), every_leaf=True),
         same_step=False,
     ),
     Case(

@@ -93,7 +93,7 @@ def split_sgd(
     learning_rate: optax.ScalarOrSchedule,
     alpha: optax.ScalarOrSchedule = defaults.ALPHA,
     *,
-    decomposition: Decomposition | None = defaults.STEP_DECOMPOSITION,
+    decomposition: Decomposition | None = defaults.SGD_STEP_DECOMPOSITION,
     guard: Decomposition | None = defaults.GUARD,
     local_fraction: jax.typing.ArrayLike = defaults.LOCAL_FRACTION,
     momentum: jax.typing.ArrayLike | None = defaults.MOMENTUM,
@@ -108,8 +108,9 @@ def split_sgd(
   ``split_step(optax.chain(guard(guard), <momentum, weight decay, eta_local>),
   alpha, decomposition=decomposition)``: :func:`guard` drops the gradient's
   spike excess, and :func:`split_step` splits the step after the rate (by
-  default a per-unit trust budget relative to the weights). The defaults live
-  in :mod:`optax_split.defaults`.
+  default a per-unit trust budget relative to the weights, biases and other
+  leaves below 2 dimensions included: ``defaults.SGD_STEP_DECOMPOSITION``).
+  The defaults live in :mod:`optax_split.defaults`.
 
   With ``alpha = 0`` (or ``decomposition=None``) and ``guard=None`` this is
   ``optax.sgd(eta_local, momentum, nesterov)``.

@@ -10,7 +10,13 @@ an absolute gradient-norm number: every bound is relative to the run.
 - :data:`STEP_DECOMPOSITION`: the split of the step, after the optimizer and
   the rate: the part of each kernel unit's step over 1% of that unit's weight
   norm. Biases and scales (fewer than 2 dimensions) are left alone, and so is
-  a unit whose weights are all zero (``eps=0``).
+  a unit whose weights are all zero (``eps=0``). :func:`optax_split.split_step`
+  and :func:`optax_split.split_adam` use it: Adam's step is already bounded per
+  element by the rate, whatever the gradient.
+- :data:`SGD_STEP_DECOMPOSITION`: the same, with each leaf below 2 dimensions
+  bounded too, as one unit (``bound_small_leaves=True``), for
+  :func:`optax_split.split_sgd`: momentum SGD's step grows with the gradient,
+  so a read-out vector or a bias left alone can run away.
 - :data:`GUARD`: the ZClip-style guard on the gradient (:func:`optax_split.guard`),
   bounded relative to the run's recent norms.
 - :data:`MOMENTUM`: heavy-ball momentum of :func:`optax_split.split_sgd`.
@@ -26,5 +32,6 @@ from optax_split.decompositions import spike_excess, unit_excess
 ALPHA = -1.0
 LOCAL_FRACTION = 0.01
 STEP_DECOMPOSITION = unit_excess(clipping=0.01, eps=0.0, min_ndim=2)
+SGD_STEP_DECOMPOSITION = unit_excess(clipping=0.01, eps=0.0, min_ndim=2, bound_small_leaves=True)
 GUARD = spike_excess()
 MOMENTUM = 0.9

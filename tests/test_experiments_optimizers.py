@@ -106,6 +106,20 @@ def test_the_design_sweeps_options_reach_the_step_split():
                                                       jax.tree.leaves(other), strict=True))
 
 
+def test_the_options_change_each_presets_own_default():
+  # split_sgd bounds its small leaves by default: small=alone is its old step split, and an
+  # option that leaves `small` unsaid keeps the bound.
+  alone = optimizers.get("split_sgd:small=alone").build(100.0, 0.0)
+  want = osp.split_sgd(1e4, decomposition=osp.unit_excess(0.01, eps=0.0, min_ndim=2))
+  chex.assert_trees_all_close(_first_step(alone), _first_step(want))
+  default = _first_step(optimizers.get("split_sgd").build(100.0, 0.0))
+  assert not jnp.allclose(default["b"], _first_step(alone)["b"])  # the bias's budget binds
+  budget = optimizers.get("split_sgd:budget=0.003").build(100.0, 0.0)
+  want = osp.split_sgd(1e4, decomposition=osp.unit_excess(0.003, eps=0.0, min_ndim=2,
+                                                           bound_small_leaves=True))
+  chex.assert_trees_all_close(_first_step(budget), _first_step(want))
+
+
 def test_weight_decay_is_decoupled_and_scaled_by_the_rate():
   spec = optimizers.get("sgd")
   zero = jax.tree.map(jnp.zeros_like, GRADS)

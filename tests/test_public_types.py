@@ -44,10 +44,12 @@ def test_the_class_refuses_what_its_factory_refuses(factory, cls, bad):
 def test_defaults_hold_what_the_presets_use():
   import inspect
 
-  for preset in (osp.split_sgd, osp.split_adam):
+  step_splits = {osp.split_sgd: osp.defaults.SGD_STEP_DECOMPOSITION,
+                 osp.split_adam: osp.defaults.STEP_DECOMPOSITION}
+  for preset, step_split in step_splits.items():
     signature = inspect.signature(preset).parameters
     assert signature["alpha"].default == osp.defaults.ALPHA
-    assert signature["decomposition"].default is osp.defaults.STEP_DECOMPOSITION
+    assert signature["decomposition"].default is step_split
     assert signature["guard"].default is osp.defaults.GUARD
     assert signature["local_fraction"].default == osp.defaults.LOCAL_FRACTION
   step = inspect.signature(osp.split_step).parameters

@@ -42,6 +42,7 @@ A name that ends in ``+split`` wraps the optimizer in
 """
 
 import dataclasses
+import inspect
 import itertools
 from collections.abc import Callable, Mapping
 
@@ -301,27 +302,35 @@ def _pick(name: str, value: str, choices: dict):
   return choices[value]
 
 
-def _step_decomposition(budget: str | None = None, units: str = "unit", small: str = "alone",
-                        kernels: str = "ndim") -> osp.UnitExcess:
-  """The default split of the step with the options of the design sweep changed.
+def _step_decomposition(default: osp.UnitExcess, budget: str | None = None,
+                        units: str | None = None, small: str | None = None,
+                        kernels: str | None = None) -> osp.UnitExcess:
+  """A preset's default split of the step with the options of the design sweep changed.
 
   ``budget`` (relative to the weight norm), ``units`` (``unit``: AGC's, or
   ``tensor``: one per leaf), ``small`` (the leaves below two dimensions
   ``alone`` or ``bound``) and ``kernels`` (told from small leaves by ``ndim``
   alone, or ``flax``: Flax's ``bias`` and ``scale`` leaves are small whatever
-  their dimensions).
+  their dimensions). An option not given keeps the preset's default.
   """
-  default = osp.defaults.STEP_DECOMPOSITION
-  return osp.unit_excess(
-      default.clipping if budget is None else float(budget), eps=default.eps,
-      min_ndim=default.min_ndim,
-      per_tensor=_pick("units", units, {"unit": False, "tensor": True}),
-      bound_small_leaves=_pick("small", small, {"alone": False, "bound": True}),
-      small_leaf_names=_pick("kernels", kernels, {"ndim": (), "flax": ("bias", "scale")}))
+  changes = {}
+  if budget is not None:
+    changes["clipping"] = float(budget)
+  if units is not None:
+    changes["per_tensor"] = _pick("units", units, {"unit": False, "tensor": True})
+  if small is not None:
+    changes["bound_small_leaves"] = _pick("small", small, {"alone": False, "bound": True})
+  if kernels is not None:
+    changes["small_leaf_names"] = _pick("kernels", kernels, {"ndim": (), "flax": ("bias", "scale")})
+  return dataclasses.replace(default, **changes)
 
 
-def _preset_kwargs(options: Mapping[str, str]) -> dict:
-  """The presets' keyword arguments from ``name:key=value`` options (an alpha grid apart)."""
+def _preset_kwargs(options: Mapping[str, str], decomposition: osp.UnitExcess) -> dict:
+  """A preset's keyword arguments from ``name:key=value`` options (an alpha grid apart).
+
+  ``decomposition`` is the preset's default split of the step, which the
+  ``budget``, ``units``, ``small`` and ``kernels`` options change.
+  """
   options = dict(options)
   kwargs = {}
   if "alpha" in options:
@@ -334,7 +343,7 @@ def _preset_kwargs(options: Mapping[str, str]) -> dict:
   elif kind not in (None, "unit"):
     raise ValueError(f"Unknown decomposition={kind!r}: use decomposition=unit or =none.")
   elif unit_options:
-    kwargs["decomposition"] = _step_decomposition(**unit_options)
+    kwargs["decomposition"] = _step_decomposition(decomposition, **unit_options)
   for key in ("b3", "slow_alpha", "momentum"):
     if key in options:
       kwargs[key] = float(options.pop(key))
@@ -387,7 +396,8 @@ class Preset:
     grid = {"alpha": _values(options.pop("alpha"))} if "/" in options.get("alpha", "") else {}
     if "weight_decay" in options:
       grid["weight_decay"] = _values(options.pop("weight_decay"))
-    kwargs = _preset_kwargs(options)
+    default = inspect.signature(self.factory).parameters["decomposition"].default
+    kwargs = _preset_kwargs(options, default)
     over_local_fraction = lambda r: r / LOCAL_FRACTION  # noqa: E731
 
     def build(rate, weight_decay, **more):
