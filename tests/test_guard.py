@@ -80,3 +80,21 @@ def test_guard_refuses_what_is_not_a_decomposition():
     osp.guard(1.0)
   with pytest.raises(TypeError, match="integer"):
     osp.guard().update({"w": jnp.ones(2, jnp.int32)}, osp.guard().init({"w": jnp.zeros(2)}))
+
+
+def test_skipping_follows_a_lasting_rise_and_skips_a_burst():
+  # Norms about 1, one burst of 100, then about 10 for good. Each skipped step feeds its clipped
+  # norm to the statistics, so the threshold follows the lasting rise and its steps pass again;
+  # statistics frozen on a skip (0.5.0) would skip every step after the rise.
+  tx = jax.jit(osp.guard(osp.spike_excess(on_spike="skip")).update)
+  state = osp.guard(osp.spike_excess(on_spike="skip")).init(jnp.zeros(2))
+  rng = np.random.default_rng(0)
+  norms = [*(1 + 0.1 * rng.standard_normal(60)), 100.0, *(10 + rng.standard_normal(200))]
+  passed = []
+  for norm in norms:
+    updates, state = tx(jnp.array([norm, 0.0], jnp.float32), state)
+    passed.append(bool(jnp.any(updates != 0)))
+  assert passed[40:60] == [True] * 20
+  assert not passed[60]  # the burst, skipped whole
+  assert not passed[61]  # the first steps of the rise are skipped too
+  assert all(passed[-100:])  # then the threshold has followed it

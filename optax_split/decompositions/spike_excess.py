@@ -15,8 +15,7 @@ class SpikeExcessState(NamedTuple):
   """State of :func:`spike_excess`.
 
   Attributes:
-    count: Number of steps that fed the statistics (int32): finite ones, and
-      with ``on_spike="skip"`` only those under the threshold.
+    count: Number of steps that fed the statistics (int32): the finite ones.
     norm_mean: Running mean of the (clipped) global norm.
     norm_var: Running variance of the (clipped) global norm; it saturates at
       float32's largest value (a standard deviation of about 1.8e19).
@@ -128,13 +127,13 @@ class SpikeExcess(base.Decomposition):
     cap = state.cap if self.max_ratio is None else self.max_ratio * mean
 
     spike = (stat_norm > threshold) | ~finite
-    # A skipped step is not fed to the statistics, like a non-finite one.
-    feed = ~spike if self.on_spike == "skip" else finite
+    # A skipped finite step feeds its clipped norm as a clipped one does: a norm
+    # that stays past the threshold lifts it step by step, and training goes on.
     new_state = SpikeExcessState(
-        count=jnp.where(feed, count, state.count),
-        norm_mean=jnp.where(feed, mean, state.norm_mean),
-        norm_var=jnp.where(feed, var, state.norm_var),
-        cap=jnp.where(feed, cap, state.cap),
+        count=jnp.where(finite, count, state.count),
+        norm_mean=jnp.where(finite, mean, state.norm_mean),
+        norm_var=jnp.where(finite, var, state.norm_var),
+        cap=jnp.where(finite, cap, state.cap),
         threshold=threshold,
         norm=stat_norm,
         spike_count=state.spike_count + spike.astype(jnp.int32),
@@ -193,9 +192,11 @@ def spike_excess(
   drop the global branch, turn it into a zero gradient, as MaxText's
   ``skip_step_on_spikes`` and Levanter's ``SkipStepConfig`` do. Unlike
   ``optax.apply_if_finite`` the later stages still run on that zero gradient,
-  so their moments keep moving the params. The statistics are not fed the
-  skipped norm; a norm that rises for good past the threshold is skipped at
-  every step, where ``on_spike="clip"`` keeps training.
+  so their moments keep moving the params. The statistics are fed the
+  skipped step's clipped norm, as a clipped step's: one burst is skipped whole
+  and lifts the threshold no more than a clipped one, and a norm that rises
+  for good lifts it step by step until its steps pass again. (Up to 0.5.0 a
+  skipped norm did not feed them, so such a run skipped every later step.)
 
   Diagnostics in the state: ``norm`` (seen before clipping), ``threshold`` (in
   force at the last step), ``cap`` and ``spike_count``; :func:`diagnostics`
@@ -210,8 +211,8 @@ def spike_excess(
       guarded norms, at least 1, or None for no relative cap.
     max_norm: Optional absolute cap on the threshold, at least 0.
     on_spike: ``"clip"`` (the default) takes the part over the threshold as
-      ``G``; ``"skip"`` takes the whole step as ``G`` and leaves the statistics
-      unchanged.
+      ``G``; ``"skip"`` takes the whole step as ``G``. Both feed the
+      statistics the clipped norm.
 
   Returns:
     A :class:`Decomposition` for :func:`optax_split.split`.
@@ -237,8 +238,8 @@ def spike_excess(
     ...   parts, state = tx.update(jnp.array(g), state)
     >>> print(parts.local, parts.global_, state.decomposition.spike_count)
     [0. 0.] [30. 40.] 1
-    >>> print(state.decomposition.count)  # the skipped norm did not feed the statistics
-    3
+    >>> print(state.decomposition.count)  # its clipped norm fed the statistics
+    4
 
   References:
     Kumar et al., `ZClip: Adaptive Spike Mitigation for LLM Pre-Training
