@@ -1,4 +1,5 @@
-"""spike_excess(on_spike="skip"): a spike step is dropped whole and not fed to the statistics."""
+"""spike_excess(on_spike="skip"): a spike step is dropped whole; its clipped norm feeds the
+statistics as a clipped step's does, and a non-finite step feeds nothing."""
 
 import chex
 import jax
@@ -44,13 +45,18 @@ def test_the_bare_chain_with_alpha_minus_one_skips_the_step(bad):
   # A literal scale_global(0.0) drops the branch that holds the spike (an Inf too)
   # instead of multiplying it by 0, so a skipped step leaves the params as they were.
   chex.assert_trees_all_equal(after, before)
-  for field in _STATISTICS:
-    chex.assert_trees_all_equal(getattr(stats_after, field), getattr(stats_before, field))
   assert int(stats_after.spike_count) == int(stats_before.spike_count) + 1 == 1
-  assert int(stats_after.count) == 3
+  # A finite spike feeds its clipped norm (the threshold, above the mean); an Inf feeds nothing.
+  fed = bad == "spike"
+  assert int(stats_after.count) == 3 + fed
+  if fed:
+    assert float(stats_after.norm_mean) > float(stats_before.norm_mean)
+  else:
+    for field in _STATISTICS:
+      chex.assert_trees_all_equal(getattr(stats_after, field), getattr(stats_before, field))
   # The next calm step is taken and fed.
   assert np.isfinite(last).all() and not np.array_equal(last, after)
-  assert int(stats_last.count) == 4
+  assert int(stats_last.count) == 4 + fed
 
 
 @pytest.mark.parametrize("decomposition", [osp.mean_component(), osp.norm_excess(1e3)])
@@ -64,13 +70,14 @@ def test_the_presets_guard_skips_the_step(decomposition):
   (before, stats_before), (spiked, stats_spiked), (nan, stats_nan) = history[2:]
   chex.assert_trees_all_equal(spiked, before)
   chex.assert_trees_all_equal(nan, before)  # a non-finite step is a zero step too
-  for field in _STATISTICS:
-    chex.assert_trees_all_equal(getattr(stats_nan, field), getattr(stats_before, field))
+  assert int(stats_spiked.count) == int(stats_before.count) + 1  # the spike's clipped norm fed
+  for field in _STATISTICS:  # the non-finite step fed nothing
+    chex.assert_trees_all_equal(getattr(stats_nan, field), getattr(stats_spiked, field))
   assert int(stats_spiked.spike_count) == 1 and int(stats_nan.spike_count) == 2
   np.testing.assert_allclose(stats_spiked.norm, 50.0)
 
 
-def test_clip_mode_feeds_the_clipped_norm_and_skip_mode_does_not():
+def test_both_modes_feed_the_clipped_norm_to_the_statistics():
   states = {}
   for mode in ("clip", "skip"):
     tx = osp.split(osp.spike_excess(warmup=3, on_spike=mode))
@@ -80,7 +87,9 @@ def test_clip_mode_feeds_the_clipped_norm_and_skip_mode_does_not():
     states[mode] = (parts, state.decomposition)
   clip_parts, clip_state = states["clip"]
   skip_parts, skip_state = states["skip"]
-  assert int(clip_state.count) == 4 and int(skip_state.count) == 3
+  for field in _STATISTICS:
+    chex.assert_trees_all_equal(getattr(skip_state, field), getattr(clip_state, field))
+  assert int(skip_state.count) == 4
   chex.assert_trees_all_equal(skip_parts.local, jnp.zeros(2))
   chex.assert_trees_all_equal(skip_parts.global_, _SPIKE)
   np.testing.assert_allclose(optax.tree.norm(clip_parts.local), clip_state.threshold, rtol=1e-6)
