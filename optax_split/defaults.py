@@ -27,11 +27,13 @@ Example:
   -1.0 0.01
 """
 
+import dataclasses
+
 from optax_split.decompositions import spike_excess, unit_excess
 
 ALPHA = -1.0
 LOCAL_FRACTION = 0.01
 STEP_DECOMPOSITION = unit_excess(clipping=0.01, eps=0.0, min_ndim=2)
-SGD_STEP_DECOMPOSITION = unit_excess(clipping=0.01, eps=0.0, min_ndim=2, bound_small_leaves=True)
+SGD_STEP_DECOMPOSITION = dataclasses.replace(STEP_DECOMPOSITION, bound_small_leaves=True)
 GUARD = spike_excess()
 MOMENTUM = 0.9

@@ -110,7 +110,7 @@ def test_the_options_change_each_presets_own_default():
   # split_sgd bounds its small leaves by default: small=alone is its old step split, and an
   # option that leaves `small` unsaid keeps the bound.
   alone = optimizers.get("split_sgd:small=alone").build(100.0, 0.0)
-  want = osp.split_sgd(1e4, decomposition=osp.unit_excess(0.01, eps=0.0, min_ndim=2))
+  want = osp.split_sgd(1e4, decomposition=osp.defaults.STEP_DECOMPOSITION)
   chex.assert_trees_all_close(_first_step(alone), _first_step(want))
   default = _first_step(optimizers.get("split_sgd").build(100.0, 0.0))
   assert not jnp.allclose(default["b"], _first_step(alone)["b"])  # the bias's budget binds

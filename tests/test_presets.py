@@ -209,6 +209,6 @@ def test_presets_stay_finite_100x_above_the_best_rate(preset):
 
 def test_split_sgd_with_small_leaves_left_alone_runs_away_100x_above_the_best_rate():
   # The step split of 0.5.0 and before: what the default's bound on small leaves prevents.
-  alone = osp.unit_excess(0.01, eps=0.0, min_ndim=2)
-  _, params = _train_vector_readout_rnn(osp.split_sgd(_WELL_ABOVE_THE_BEST, decomposition=alone))
+  _, params = _train_vector_readout_rnn(osp.split_sgd(
+      _WELL_ABOVE_THE_BEST, decomposition=osp.defaults.STEP_DECOMPOSITION))
   assert not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
