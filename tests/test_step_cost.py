@@ -211,3 +211,24 @@ def test_the_guard_holds_no_leaf_sized_temporary(guarded):
   reference = _temporary_bytes(optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)),
                                params, grads)
   assert ours < reference + leaf_bytes // 16, (ours, reference)
+
+
+def _layers(n: int) -> tuple[dict, dict]:
+  keys = jax.random.split(jax.random.key(0), n)
+  params = {f"layer{i}": {"kernel": jax.random.normal(keys[i], (512, 512)),
+                          "bias": jnp.zeros(512)} for i in range(n)}
+  return params, jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+
+
+def test_bounding_the_small_leaves_holds_no_copy_per_kernel():
+  # The small leaves' floor reads every kernel; without an order on that read XLA
+  # kept a copy of each kernel, so the extra temporaries grew with the model.
+  leaf_bytes = 512 * 512 * 4
+  extra = []
+  for n in (2, 4):
+    params, grads = _layers(n)
+    bounded = _temporary_bytes(osp.split_sgd(1.0), params, grads)
+    alone = _temporary_bytes(
+        osp.split_sgd(1.0, decomposition=osp.defaults.STEP_DECOMPOSITION), params, grads)
+    extra.append(bounded - alone)
+  assert extra[1] < extra[0] + leaf_bytes // 16, extra

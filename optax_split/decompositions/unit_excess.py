@@ -78,7 +78,11 @@ class UnitExcess(base.Decomposition):
     """Whether a leaf is a small leaf (a bias, a scale) rather than a kernel."""
     return leaf.ndim < self.min_ndim or _leaf_name(path) in self.small_leaf_names
 
-  def _leaf(self, g: jax.Array, p: jax.Array, small: bool,
+  def _axes(self, x: jax.Array, small: bool) -> tuple[int, ...]:
+    """The axes one unit of ``x`` spans: all of them for a small leaf or ``per_tensor``."""
+    return tuple(range(x.ndim)) if small or self.per_tensor else _unit_axes(x)
+
+  def _leaf(self, g: jax.Array, p_sq: jax.Array, small: bool,
             kernel_rms: jax.Array) -> tuple[jax.Array, ...]:
     if small and not self.bound_small_leaves:
       # Left alone: wholly local.
@@ -86,9 +90,8 @@ class UnitExcess(base.Decomposition):
       return g, jnp.zeros_like(g), jnp.zeros_like(total_sq), total_sq
     # A small leaf is one unit; its floor lets a zero-initialised bias move as far
     # per element as a kernel weight of the tree's RMS may.
-    axes = tuple(range(g.ndim)) if small or self.per_tensor else _unit_axes(g)
-    g_sq = _numerics.squared_norm(g, axis=axes, keepdims=True)
-    p_norm = jnp.sqrt(_numerics.squared_norm(p, axis=axes, keepdims=True))
+    g_sq = _numerics.squared_norm(g, axis=self._axes(g, small), keepdims=True)
+    p_norm = jnp.sqrt(p_sq)
     if small:
       p_norm = jnp.maximum(p_norm, np.sqrt(g.size) * kernel_rms)
     budget = self.clipping * jnp.maximum(p_norm, self.eps)
@@ -103,17 +106,15 @@ class UnitExcess(base.Decomposition):
     global_sq, total_sq = sums[0], sums[1]
     return local, global_, global_sq, total_sq
 
-  def _kernel_rms(self, params, small) -> jax.Array:
+  def _kernel_rms(self, p_sq, params, small) -> jax.Array:
     """RMS of the kernels' weights, the leaves that are not small (0 if none)."""
-    kernels = [p for p, is_small in zip(jax.tree.leaves(params), jax.tree.leaves(small),
-                                        strict=True) if not is_small and p.size]
+    kernels = [(unit_sq, p.size) for unit_sq, p, is_small in zip(
+        jax.tree.leaves(p_sq), jax.tree.leaves(params), jax.tree.leaves(small), strict=True)
+        if not is_small and p.size]
     if not self.bound_small_leaves or not kernels:
       return jnp.zeros([], jnp.float32)
-    # The same per-unit sums as the kernels' budgets: XLA computes them once.
-    total = sum(jnp.sum(_numerics.squared_norm(
-        p, axis=tuple(range(p.ndim)) if self.per_tensor else _unit_axes(p), keepdims=True))
-        for p in kernels)
-    return jnp.sqrt(total / sum(p.size for p in kernels))
+    total = sum(jnp.sum(unit_sq) for unit_sq, _ in kernels)
+    return jnp.sqrt(total / sum(size for _, size in kernels))
 
   def decompose(self, updates, state, params):
     if params is None:
@@ -123,9 +124,19 @@ class UnitExcess(base.Decomposition):
       )
     # Python bools, decided at trace time from each leaf's path and shape.
     small = jax.tree_util.tree_map_with_path(self._is_small, params)
-    kernel_rms = self._kernel_rms(params, small)
-    leaf = lambda g, p, is_small: self._leaf(g, p, is_small, kernel_rms)  # noqa: E731
-    local, global_, global_sq, total_sq = base.map_unzip(leaf, 4, updates, params, small)
+    # Each unit's squared weight norm.
+    p_sq = jax.tree.map(
+        lambda p, is_small: _numerics.squared_norm(p, axis=self._axes(p, is_small), keepdims=True),
+        params, small)
+    if self.bound_small_leaves:
+      # The small leaves' floor sums the norms of every kernel. Left to fuse, XLA
+      # read each kernel again for that sum, after nothing orders that read before
+      # the kernel's in-place (donated) update, so it kept a copy of every kernel.
+      # Computed once here, each kernel is read only before its own update.
+      p_sq = jax.lax.optimization_barrier(p_sq)
+    kernel_rms = self._kernel_rms(p_sq, params, small)
+    leaf = lambda g, unit_sq, is_small: self._leaf(g, unit_sq, is_small, kernel_rms)  # noqa: E731
+    local, global_, global_sq, total_sq = base.map_unzip(leaf, 4, updates, p_sq, small)
     share = base.share(sum(jax.tree.leaves(global_sq), 0.0), sum(jax.tree.leaves(total_sq), 0.0))
     return local, global_, state, share
 
