@@ -43,7 +43,7 @@ from optax_split.decompositions import (
     unit_excess,
 )
 
-__version__ = "0.6.0"
+__version__ = "0.6.1"
 
 __all__ = [
     "Decomposition",
