@@ -1,11 +1,12 @@
 """The best-rate gap and the learning-rate sensitivity against the run's length.
 
 Reads the ``results.json`` of one task trained at several lengths (by ``optax-split
-suite`` or ``compare``), keeps only the rates and the seeds that every length ran,
+suite`` or ``compare``; files of the same length join their rows), keeps only the
+seeds that every length ran and, per optimizer, the rates it ran at every length,
 and prints per length and optimizer: the best rate (by the median final validation
 metric, a diverged seed counting as the worst, as in the suite), the test metric at
-the best validation point there (median over the seeds), the sensitivity over the
-shared rates (Wortsman et al.'s, as in the suite), and the first optimizer's gap to
+the best validation point there (median over the seeds), the sensitivity over those
+rates (Wortsman et al.'s, as in the suite), and the first optimizer's gap to
 each other one with its paired seeds.
 
 An optimizer is named as in the experiments; ``adamw_clip:max_norm=1`` also
@@ -13,7 +14,9 @@ finds the ``max_norm=1`` slice of an ``adamw_clip`` row that swept the threshold
 
 Usage:
   python benchmarks/run_length.py results/suite/lm_gpt/results.json \\
-      results/length/lm_gpt_4000/results.json --optimizers split_adam adamw_clip:max_norm=1
+      results/length/lm_gpt_4000_split_adam/results.json \\
+      results/length/lm_gpt_4000_adamw_clip/results.json \\
+      --optimizers split_adam adamw_clip:max_norm=1
 """
 
 import argparse
@@ -50,6 +53,22 @@ def _values(values: list, seeds: int) -> np.ndarray:
   return np.array([math.nan if v is None else v for v in values[:seeds]], float)
 
 
+def merge_lengths(files: list[dict]) -> list[dict]:
+  """One results dict per run length, shortest first: files of the same length join rows."""
+  by_steps = {}
+  for results in files:
+    steps = results["settings"]["steps"]
+    if steps not in by_steps:
+      by_steps[steps] = {**results, "optimizers": list(results["optimizers"])}
+      continue
+    run = by_steps[steps]
+    run["optimizers"] += results["optimizers"]
+    run["settings"] = {**run["settings"],
+                       "seeds": min(run["settings"]["seeds"], results["settings"]["seeds"])}
+    run["command"] += "\n" + results["command"]
+  return [by_steps[steps] for steps in sorted(by_steps)]
+
+
 def summarize(points: list[dict], rates: list[float], seeds: int, init: float,
               higher_is_better: bool) -> dict:
   """Best rate, test metric per seed there and sensitivity over ``rates`` and ``seeds``."""
@@ -71,23 +90,25 @@ def main(argv=None) -> None:
   parser.add_argument("--optimizers", nargs="+", required=True,
                       help="the first is compared with each of the others")
   args = parser.parse_args(argv)
-  runs = [json.load(open(path)) for path in args.results]
-  if len({r["task"] for r in runs}) != 1:
-    raise SystemExit("--results must be one task's: got " + ", ".join(r["task"] for r in runs))
-  runs.sort(key=lambda r: r["settings"]["steps"])
+  files = [json.load(open(path)) for path in args.results]
+  if len({r["task"] for r in files}) != 1:
+    raise SystemExit("the results must be one task's: got " + ", ".join(r["task"] for r in files))
+  runs = merge_lengths(files)
   found = [{name: find(r, name) for name in args.optimizers} for r in runs]
-  rates = sorted(set.intersection(*(
-      {p["rate"] for p in points} for f in found for points in f.values())))
+  # Per optimizer, the rates it ran at every length.
+  rates = {name: sorted(set.intersection(*({p["rate"] for p in f[name]} for f in found)))
+           for name in args.optimizers}
   seeds = min(r["settings"]["seeds"] for r in runs)
   higher = runs[0]["higher_is_better"]
-  print(f"task {runs[0]['task']}: rates {rates}, the first {seeds} seed(s) of each run; "
-        f"test {runs[0]['metric']} at the best validation point, median over the seeds\n")
+  print(f"task {runs[0]['task']}: the first {seeds} seed(s) of each run, each optimizer on the "
+        f"rates it ran at every length; test {runs[0]['metric']} at the best validation point, "
+        "median over the seeds\n")
   print("| steps | optimizer | best rate | test metric | lr sensitivity | final val. by rate | "
         f"gap to {args.optimizers[0]} | {args.optimizers[0]} better on seeds |")
   print("|---|---|---|---|---|---|---|---|")
   for run, points in zip(runs, found, strict=True):
     init = next(s["suite"]["init_val"] for s in run["optimizers"])
-    rows = {name: summarize(p, rates, seeds, init, higher) for name, p in points.items()}
+    rows = {name: summarize(p, rates[name], seeds, init, higher) for name, p in points.items()}
     first = rows[args.optimizers[0]]
     for name, row in rows.items():
       gap = better = ""
@@ -96,7 +117,8 @@ def main(argv=None) -> None:
         gap = f"{diff:+.4g} ({100 * diff / np.nanmedian(row['test']):+.1f}%)"
         wins = (first["test"] > row["test"]) if higher else (first["test"] < row["test"])
         better = f"{int(np.sum(wins))} of {seeds}"
-      finals = ", ".join("diverged" if v is None else f"{v:.3g}" for v in row["final_by_rate"])
+      finals = ", ".join(f"{r:g}: " + ("diverged" if v is None else f"{v:.3g}")
+                         for r, v in zip(rates[name], row["final_by_rate"], strict=True))
       sensitivity = "-" if row["sensitivity"] is None else f"{row['sensitivity']:.3g}"
       print(f"| {run['settings']['steps']} | {name} | {row['rate']:g} | "
             f"{np.nanmedian(row['test']):.4g} | {sensitivity} | {finals} | {gap} | "
