@@ -115,7 +115,10 @@ def main(argv=None) -> None:
       if name != args.optimizers[0]:
         diff = np.nanmedian(first["test"]) - np.nanmedian(row["test"])
         gap = f"{diff:+.4g} ({100 * diff / np.nanmedian(row['test']):+.1f}%)"
-        wins = (first["test"] > row["test"]) if higher else (first["test"] < row["test"])
+        # As the suite's paired count: a diverged seed counts as the worst.
+        sign = -1.0 if higher else 1.0
+        mine, theirs = (np.nan_to_num(sign * r["test"], nan=math.inf) for r in (first, row))
+        wins = mine < theirs
         better = f"{int(np.sum(wins))} of {seeds}"
       finals = ", ".join(f"{r:g}: " + ("diverged" if v is None else f"{v:.3g}")
                          for r, v in zip(rates[name], row["final_by_rate"], strict=True))

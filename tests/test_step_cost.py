@@ -192,6 +192,13 @@ def _temporary_bytes(tx, params, grads) -> int:
   return compiled.memory_analysis().temp_size_in_bytes
 
 
+def _layers(n: int) -> tuple[dict, dict]:
+  keys = jax.random.split(jax.random.key(0), n)
+  params = {f"layer{i}": {"kernel": jax.random.normal(keys[i], (512, 512)),
+                          "bias": jnp.zeros(512)} for i in range(n)}
+  return params, jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+
+
 @pytest.mark.parametrize("guarded", [
     pytest.param(lambda: optax.chain(osp.split(osp.spike_excess(max_norm=1.0)),
                                      osp.scale_global(0.0), osp.combine(), optax.sgd(0.1)),
@@ -202,22 +209,12 @@ def _temporary_bytes(tx, params, grads) -> int:
 def test_the_guard_holds_no_leaf_sized_temporary(guarded):
   # The overflow branch of the guard's norm must not make the compiled step keep a copy
   # of a leaf: its temporary stays within a few kilobytes of optax's clip.
-  keys = jax.random.split(jax.random.key(0), 4)
-  params = {f"layer{i}": {"kernel": jax.random.normal(keys[i], (512, 512)),
-                          "bias": jnp.zeros(512)} for i in range(2)}
-  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  params, grads = _layers(2)
   leaf_bytes = 512 * 512 * 4
   ours = _temporary_bytes(guarded(), params, grads)
   reference = _temporary_bytes(optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)),
                                params, grads)
   assert ours < reference + leaf_bytes // 16, (ours, reference)
-
-
-def _layers(n: int) -> tuple[dict, dict]:
-  keys = jax.random.split(jax.random.key(0), n)
-  params = {f"layer{i}": {"kernel": jax.random.normal(keys[i], (512, 512)),
-                          "bias": jnp.zeros(512)} for i in range(n)}
-  return params, jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
 
 
 def test_bounding_the_small_leaves_holds_no_copy_per_kernel():
