@@ -1,7 +1,8 @@
 """The best-rate gap and the learning-rate sensitivity against the run's length.
 
 Reads the ``results.json`` of one task trained at several lengths (by ``optax-split
-suite`` or ``compare``; files of the same length join their rows), keeps only the
+suite`` or ``compare``; files of the same length join their rows, and an
+optimizer's rates trained into several files join its grid), keeps only the
 seeds that every length ran and, per optimizer, the rates it ran at every length,
 and prints per length and optimizer: the best rate (by the median final validation
 metric, a diverged seed counting as the worst, as in the suite), the test metric at
@@ -53,6 +54,18 @@ def _values(values: list, seeds: int) -> np.ndarray:
   return np.array([math.nan if v is None else v for v in values[:seeds]], float)
 
 
+def _join_rows(rows: list[dict], more: list[dict]) -> list[dict]:
+  """``rows`` and ``more``, an optimizer in both with the grid points of both (later wins)."""
+  joined = {row["optimizer"]: row for row in rows}
+  for row in more:
+    if row["optimizer"] in joined:
+      old = joined[row["optimizer"]]
+      rates = {p["rate"] for p in row["grid"]}
+      row = {**old, "grid": [p for p in old["grid"] if p["rate"] not in rates] + row["grid"]}
+    joined[row["optimizer"]] = row
+  return list(joined.values())
+
+
 def merge_lengths(files: list[dict]) -> list[dict]:
   """One results dict per run length, shortest first: files of the same length join rows."""
   by_steps = {}
@@ -62,7 +75,7 @@ def merge_lengths(files: list[dict]) -> list[dict]:
       by_steps[steps] = {**results, "optimizers": list(results["optimizers"])}
       continue
     run = by_steps[steps]
-    run["optimizers"] += results["optimizers"]
+    run["optimizers"] = _join_rows(run["optimizers"], results["optimizers"])
     run["settings"] = {**run["settings"],
                        "seeds": min(run["settings"]["seeds"], results["settings"]["seeds"])}
     run["command"] += "\n" + results["command"]

@@ -175,15 +175,18 @@ def test_run_length_compares_on_the_shared_rates_and_seeds(tmp_path):
                 _point(1.0, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])],  # a rate the long run lacks
       "clip": [_point(r, [2.0, 2.0, 2.0], [2.0, 2.0, 2.0], max_norm=m)
                for r in (0.01, 0.1) for m in (1.0, 10.0)]})
-  # The long run's optimizers were trained into two folders: their rows join.
+  # The long run's optimizers were trained into three folders, split's rates into two:
+  # their rows join, and so do split's grids.
   long_split = _length_results(tmp_path / "long_split.json", 4000, 2, {
-      "split": [_point(0.01, [1.2, 1.3], [1.2, 1.3]), _point(0.1, [None, 1.1], [None, 1.0])]})
+      "split": [_point(0.01, [1.2, 1.3], [1.2, 1.3])]})
+  long_split_more = _length_results(tmp_path / "long_split_more.json", 4000, 2, {
+      "split": [_point(0.1, [None, 1.1], [None, 1.0])]})
   long_clip = _length_results(tmp_path / "long_clip.json", 4000, 2, {
       "clip:max_norm=1": [_point(0.01, [1.25, 1.2], [1.25, 1.2]),
                           _point(0.1, [4.0, 4.0], [4.0, 4.0])]})
   proc = subprocess.run(
       [sys.executable, str(ROOT / "benchmarks" / "run_length.py"), long_split, short, long_clip,
-       "--optimizers", "split", "clip:max_norm=1"],
+       long_split_more, "--optimizers", "split", "clip:max_norm=1"],
       capture_output=True, text=True, timeout=120, check=False,
       env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"))
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -196,5 +199,6 @@ def test_run_length_compares_on_the_shared_rates_and_seeds(tmp_path):
   assert "| -0.55 (-27.5%) | 2 of 2 |" in rows[1]
   # 4000 steps: a diverged seed counts as the worst, so split's 0.1 loses to its 0.01.
   assert rows[2].startswith("| 4000 | split | 0.01 | 1.25 |")
+  assert "| 0.01: 1.25, 0.1: diverged |" in rows[2]
   assert rows[3].startswith("| 4000 | clip:max_norm=1 | 0.01 | 1.225 |")
   assert "| +0.025 (+2.0%) | 1 of 2 |" in rows[3]
