@@ -4,14 +4,14 @@ Composable Optax transformations against exploding gradients and loss spikes:
 :func:`split` a gradient with a decomposition, scale or transform each branch,
 :func:`combine` the branches again; split the step any optimizer makes with
 :func:`split_step`; clip spikes in any chain with :func:`guard`; or use the
-presets :func:`split_sgd` and :func:`split_adam`, built from those pieces with
+presets :func:`split_sgd`, :func:`split_adam` and :func:`split_muon`, built from those pieces with
 the defaults in :mod:`optax_split.defaults`.
 """
 
 from optax_split import defaults
 from optax_split._diagnostics import diagnostics
 from optax_split._guard import GuardState, guard
-from optax_split._presets import split_adam, split_rates, split_sgd
+from optax_split._presets import split_adam, split_muon, split_rates, split_sgd
 from optax_split._schedules import map_schedules
 from optax_split._split import (
     SplitState,
@@ -74,6 +74,7 @@ __all__ = [
     "spike_excess",
     "split",
     "split_adam",
+    "split_muon",
     "split_rates",
     "split_sgd",
     "split_step",

@@ -15,8 +15,9 @@ an absolute gradient-norm number: every bound is relative to the run.
   element by the rate, whatever the gradient.
 - :data:`SGD_STEP_DECOMPOSITION`: the same, with each leaf below 2 dimensions
   bounded too, as one unit (``bound_small_leaves=True``), for
-  :func:`optax_split.split_sgd`: momentum SGD's step grows with the gradient,
-  so a read-out vector or a bias left alone can run away.
+  :func:`optax_split.split_sgd` and :func:`optax_split.split_muon`: momentum
+  SGD's step grows with the gradient, and Muon's kernel steps drove a
+  read-out vector left alone to run away (tests/test_presets.py).
 - :data:`GUARD`: the ZClip-style guard on the gradient (:func:`optax_split.guard`),
   bounded relative to the run's recent norms.
 - :data:`MOMENTUM`: heavy-ball momentum of :func:`optax_split.split_sgd`.

@@ -97,7 +97,7 @@ def test_no_cache_leaves_the_cache_folder_alone(tmp_path, monkeypatch):
 def test_default_compare_is_the_practitioners_comparison():
   names = optimizers.DEFAULT_NAMES
   assert {"msgd_clip", "adamw_clip", "zclip", "muon"} <= set(names)  # What people run.
-  assert {"split_sgd", "split_adam", "muon+split"} <= set(names)  # Ours, at the defaults.
+  assert {"split_sgd", "split_adam", "split_muon"} <= set(names)  # Ours, at the defaults.
   assert 1 <= jobs.default_jobs() <= jobs.MAX_DEFAULT_JOBS
 
 

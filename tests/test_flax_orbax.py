@@ -21,6 +21,7 @@ from conftest import BUILT_IN_DECOMPOSITIONS
 OPTIMIZERS = {
     "split_sgd": lambda: osp.split_sgd(learning_rate=10.0),
     "split_adam": lambda: osp.split_adam(learning_rate=3.0),
+    "split_muon": lambda: osp.split_muon(learning_rate=3.0),
     # unit_excess needs the params: Flax must pass them to update.
     "split_sgd_unit_excess": lambda: osp.split_sgd(
         learning_rate=10.0, momentum=0.9, decomposition=osp.unit_excess()

@@ -1,4 +1,4 @@
-"""split_rates, split_sgd and split_adam: the reference step, equivalences, bounds, misuse."""
+"""split_rates and the presets: the reference step, equivalences, bounds, misuse."""
 
 import chex
 import jax
@@ -10,6 +10,7 @@ import pytest
 import optax_split as osp
 from optax_split.experiments.tasks.adding import adding
 
+PRESETS = [osp.split_sgd, osp.split_adam, osp.split_muon]
 DECOMPOSITIONS = [
     osp.mean_component(), osp.trend_component(0.9), osp.norm_excess(1.0),
     osp.spike_excess(warmup=1, max_norm=2.0), osp.unit_excess(0.05),
@@ -60,6 +61,22 @@ def test_split_adam_with_alpha_zero_and_no_guard_is_optax_adamw(grads, params):
   _assert_same_trajectory(ours, reference, grads, params)
 
 
+def test_split_muon_with_alpha_zero_and_no_guard_is_optax_muon(grads, params):
+  schedule = optax.linear_schedule(3.0, 1.0, transition_steps=3)
+  ours = osp.split_muon(schedule, alpha=0.0, guard=None, beta=0.9, adam_b2=0.95,
+                        weight_decay=0.1)
+  reference = optax.contrib.muon(lambda count: 0.01 * schedule(count), beta=0.9, adam_b2=0.95,
+                                 weight_decay=0.1, adam_weight_decay=0.1)
+  _assert_same_trajectory(ours, reference, grads, params)
+
+
+def test_split_muon_is_split_step_around_guarded_muon(grads, params):
+  ours = osp.split_muon(1.0, alpha=-0.5, local_fraction=0.1)
+  same = osp.split_step(optax.chain(osp.guard(), optax.contrib.muon(0.1)), alpha=-0.5,
+                        decomposition=osp.defaults.SGD_STEP_DECOMPOSITION)
+  _assert_same_trajectory(ours, same, grads, params)
+
+
 def _assert_same_trajectory(ours, reference, grads, params, steps=3):
   state, ref_state = ours.init(params), reference.init(params)
   for step in range(steps):
@@ -81,7 +98,8 @@ def test_alpha_may_be_traced(grads, params):
 
 
 def test_presets_expose_their_diagnostics(grads, params):
-  for tx in (osp.split_sgd(1.0, global_share=True), osp.split_adam(1.0, global_share=True)):
+  for preset in PRESETS:
+    tx = preset(1.0, global_share=True)
     _, state = tx.update(grads, tx.init(params), params)
     for name in ("global_share", "threshold", "spike_count"):
       chex.assert_shape(optax.tree.get(state, name), ())
@@ -92,10 +110,19 @@ def test_presets_expose_their_diagnostics(grads, params):
     [({"alpha": -1.5}, "alpha"), ({"local_fraction": 0.0}, "local_fraction"),
      ({"local_fraction": -0.01}, "local_fraction"), ({"weight_decay": -1.0}, "weight_decay")],
 )
-@pytest.mark.parametrize("preset", [osp.split_sgd, osp.split_adam])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_preset_misuse_names_the_argument(preset, kwargs, argument):
   with pytest.raises(ValueError, match=f"`{argument}` must lie in"):
     preset(1.0, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"beta": 1.0}, "`beta` must lie in"), ({"ns_steps": 0}, "`ns_steps` must be a positive"),
+    ({"ns_steps": 2.5}, "`ns_steps` must be a positive"),
+])
+def test_split_muon_misuse_names_the_argument(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    osp.split_muon(1.0, **kwargs)
 
 
 def test_split_rates_misuse_names_the_argument():
@@ -137,7 +164,7 @@ def _train(tx, steps):
   return params, state, logs
 
 
-@pytest.mark.parametrize("preset", [osp.split_sgd, osp.split_adam])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_default_presets_bound_the_step_where_sgd_explodes(preset):
   effective_rate, steps = 1.0, 60
   _, _, (sgd_grad_norms, _, _) = _train(optax.sgd(effective_rate), steps)
@@ -198,10 +225,10 @@ def _train_vector_readout_rnn(tx, steps=1000):
 _WELL_ABOVE_THE_BEST = 1.0 / 0.01
 
 
-@pytest.mark.parametrize("preset", [osp.split_sgd, osp.split_adam])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_presets_stay_finite_100x_above_the_best_rate(preset):
-  # Below two dimensions, the read-out vector has no kernel unit: split_sgd bounds it as a
-  # unit of its own, and Adam's step is bounded per element by the rate.
+  # Below two dimensions, the read-out vector has no kernel unit: split_sgd and split_muon
+  # bound it as a unit of its own, and Adam's step is bounded per element by the rate.
   task, params = _train_vector_readout_rnn(preset(_WELL_ABOVE_THE_BEST))
   chex.assert_tree_all_finite(params)
   assert float(task.evaluate(params, task.data)[0]) < 10 * 1 / 6
@@ -212,3 +239,10 @@ def test_split_sgd_with_small_leaves_left_alone_runs_away_100x_above_the_best_ra
   _, params = _train_vector_readout_rnn(osp.split_sgd(
       _WELL_ABOVE_THE_BEST, decomposition=osp.defaults.STEP_DECOMPOSITION))
   assert not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
+
+
+def test_split_muon_with_small_leaves_left_alone_fails_100x_above_the_best_rate():
+  # Why split_muon bounds its leaves below 2-D, where split_adam does not need to.
+  task, params = _train_vector_readout_rnn(osp.split_muon(
+      _WELL_ABOVE_THE_BEST, decomposition=osp.defaults.STEP_DECOMPOSITION))
+  assert float(task.evaluate(params, task.data)[0]) > 10 * 1 / 6

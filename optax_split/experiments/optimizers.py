@@ -377,6 +377,7 @@ class Preset:
     factory: The preset itself (``optax_split.split_adam``).
     adaptive: Whether it sweeps the Adam-like grid of rates.
     description: What it is, for the report.
+    b2_argument: The factory's argument that takes the task's ``b2``.
 
   Example:
     >>> print(PRESETS["split_sgd"].spec({"alpha": "-1/0"}).grid)
@@ -387,6 +388,7 @@ class Preset:
   factory: Callable[..., optax.GradientTransformation]
   adaptive: bool
   description: str
+  b2_argument: str = "b2"
 
   def spec(self, options: Mapping[str, str] | None = None,
            name: str | None = None) -> OptimizerSpec:
@@ -401,6 +403,8 @@ class Preset:
     over_local_fraction = lambda r: r / LOCAL_FRACTION  # noqa: E731
 
     def build(rate, weight_decay, **more):
+      if "b2" in more:
+        more[self.b2_argument] = more.pop("b2")
       # The runner logs the global share for the plots, so it is opted in here.
       return self.factory(osp.map_schedules(over_local_fraction, rate),
                           local_fraction=LOCAL_FRACTION, weight_decay=weight_decay,
@@ -415,13 +419,15 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
            description=f"optax_split.split_sgd, {_EFFECTIVE}"),
     Preset("split_adam", osp.split_adam, adaptive=True,
            description=f"optax_split.split_adam, {_EFFECTIVE}"),
+    Preset("split_muon", osp.split_muon, adaptive=True,
+           description=f"optax_split.split_muon, {_EFFECTIVE}", b2_argument="adam_b2"),
 )}
 NAMES = (*BASELINES, *PRESETS)
 # What `optax-split compare` runs unless told otherwise: what practitioners run
-# (momentum SGD and AdamW with clipping, ZClip), Muon, the presets at their
-# defaults, and the step split around Muon.
+# (momentum SGD and AdamW with clipping, ZClip), Muon, and the presets at their
+# defaults.
 DEFAULT_NAMES = ("msgd_clip", "adamw_clip", "zclip", "muon", "split_sgd", "split_adam",
-                 "muon+split")
+                 "split_muon")
 
 
 def _parse_options(text: str, name: str) -> dict[str, str]:

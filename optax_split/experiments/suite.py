@@ -20,10 +20,12 @@ from optax_split.experiments.results import Settings
 
 # The suite's optimizers: what practitioners run (Muon, LAMB and AdEMAMix among
 # them), the presets' plain-optax twin, the step split around AdamW (the preset
-# without its guard) and around Muon, and the presets at their defaults.
+# without its guard) and around Muon (split_step's defaults: no guard, leaves
+# below 2-D left alone), and the presets at their defaults.
 OPTIMIZERS = (
     "msgd_clip", "adamw_clip", "adam", "zclip", "muon", "lamb", "ademamix",
     "adamw_clip_agc", "muon+split", "split_sgd", "split_adam", "split_adam:guard=none",
+    "split_muon",
 )
 
 # Per task: the settings of the full run and of ``--quick`` (sized for CI).
