@@ -58,6 +58,18 @@ def test_quick_suite_writes_one_report_over_tasks(tmp_path, capsys):
   assert [s["optimizer"] for s in dropped["optimizers"]] == ["split_adam", "adam"]
   merged = json.loads(results.read_text())["optimizers"]
   assert merged[0]["by_seed"] == expected["split_adam"]
+  # An earlier run with other settings stops the run before it trains, and
+  # its rows stay: writing over them would lose them.
+  earlier = json.loads(results.read_text())
+  earlier["task_settings"]["length"] += 1
+  results.write_text(json.dumps(earlier))
+  with pytest.raises(SystemExit) as stopped:
+    cli.main(["suite", "--quick", "--tasks", "lm", "adding", "--optimizers", "adam", "--out",
+              str(tmp_path), "--no-progress"])
+  message = str(stopped.value)
+  assert f"{results} was made with other settings (length " in message and "--out" in message
+  assert json.loads(results.read_text()) == earlier
+  assert json.loads((tmp_path / "suite.json").read_text())["tasks"][0] == dropped
 
 
 def test_sensitivity_is_the_mean_gap_to_the_optimizers_own_best_capped_at_init():

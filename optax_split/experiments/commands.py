@@ -65,24 +65,36 @@ def _merge_into(folder: Path, lock: Path, task: tasks.Task, settings: Settings,
       report.write_record(folder, TaskRecord.of(task, summaries, settings, commands, resolution))
 
 
+def _trained(folder: Path, task: tasks.Task, settings: Settings) -> set[str]:
+  """The optimizers already in ``folder``; a UsageError if it was made with other settings."""
+  try:
+    return merge.trained(folder / "results.json", task, settings)
+  except merge.OtherSettings as error:
+    raise UsageError(str(error)) from None
+
+
 def run_suite(*, task_names: Sequence[str] | None, names: Sequence[str] | None, quick: bool,
               out: Path, drop: Sequence[str], jobs_at_once: int | None, progress: bool,
               command: str) -> str:
   """Trains the suite's tasks; writes each task's report and the suite's; returns ``suite.md``.
 
-  A task's earlier results in ``out`` with the same settings keep the rows of
-  the optimizers not run again (less those in ``drop``); tasks already in
-  ``out`` join the suite's report. Each optimizer is written as soon as it is
-  trained, so a stopped run keeps what it finished.
+  A task's earlier results in ``out`` keep the rows of the optimizers not run
+  again (less those in ``drop``); earlier results made with other settings
+  stop the run before it trains. Tasks already in ``out`` join the suite's
+  report. Each optimizer is written as soon as it is trained, so a stopped
+  run keeps what it finished.
   """
   task_names = list(task_names or (suite.QUICK if quick else suite.FULL))
   specs = _specs(names or suite.OPTIMIZERS)
-  made = {name: _make_task(name, suite.size(name, quick=quick)["task"]) for name in task_names}
-  for name, task in made.items():
+  planned = []
+  for name in task_names:
     sizes = suite.size(name, quick=quick)
+    task = _make_task(name, sizes["task"])
     settings = suite.settings(sizes, task.rates, task.adaptive_rates)
+    _trained(out / name, task, settings)  # Before any training: an earlier folder must fit.
+    planned.append((task, settings, out / name))
+  for task, settings, folder in planned:
     task_specs = [suite.with_weight_decays(s, settings.weight_decays) for s in specs]
-    folder = out / name
     write = lambda done, task=task, settings=settings, folder=folder: _merge_into(  # noqa: E731
         folder, out, task, settings, done, command, drop, record=True)
     # Written as each one ends, then once more in the order asked for.
@@ -123,7 +135,7 @@ def run_scale(*, widths: Sequence[int] | None, names: Sequence[str] | None, quic
         continue
       task = _make_task("lm_gpt", scale.task_options(sizes, width, model_fix))
       folder = out / scale.folder_name(width, model_fix)
-      done = merge.trained(folder / "results.json", task, settings)
+      done = _trained(folder, task, settings)
       todo = [n for n in wanted if n not in done]
 
       def write(summaries, task=task, folder=folder):

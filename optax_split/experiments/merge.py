@@ -29,29 +29,47 @@ def locked(folder: Path) -> Iterator[None]:
       fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class OtherSettings(ValueError):
+  """An earlier ``results.json`` in the folder was made with other settings: its rows cannot join."""
+
+
+def _differences(earlier: dict, now: dict) -> list[str]:
+  return [f"{key} {earlier.get(key, 'unset')!r}, now {now.get(key, 'unset')!r}"
+          for key in dict.fromkeys([*earlier, *now]) if earlier.get(key) != now.get(key)]
+
+
 def _earlier(path: Path, task: Task, settings: Settings) -> dict | None:
-  """The earlier ``results.json`` at ``path`` if it was made with the same settings, else None."""
+  """The earlier ``results.json`` at ``path``, None if there is none.
+
+  Raises:
+    OtherSettings: It was made with other settings. Its rows are not
+      comparable with a new run's, and writing over them would lose them.
+  """
   if not path.exists():
     return None
   earlier = json.loads(path.read_text())
-  same = (earlier["settings"] == settings.to_json()
-          and earlier["task_settings"] == json.loads(json.dumps(task.settings)))
-  return earlier if same else None
+  differ = (_differences(earlier["settings"], settings.to_json())
+            + _differences(earlier["task_settings"], json.loads(json.dumps(task.settings))))
+  if differ:
+    raise OtherSettings(
+        f"{path} was made with other settings ({'; '.join(differ)}), so its rows cannot join "
+        "this run's. Write to another folder (--out) or move that one away.")
+  return earlier
 
 
 def trained(path: Path, task: Task, settings: Settings) -> set[str]:
-  """The optimizers of an earlier ``results.json`` of the task with the same settings."""
+  """The optimizers of the earlier ``results.json`` at ``path`` (raises :class:`OtherSettings`)."""
   earlier = _earlier(path, task, settings)
   return set() if earlier is None else {s["optimizer"] for s in earlier["optimizers"]}
 
 
 def with_earlier(path: Path, task: Task, settings: Settings, summaries: list[Summary],
                  command: str, drop: list[str]) -> tuple[list[Summary], str]:
-  """``summaries`` after those of an earlier ``results.json`` of the task with the same settings.
+  """``summaries`` after those of the earlier ``results.json`` at ``path``, if there is one.
 
   An optimizer run again replaces its earlier summary, and the earlier rows
   named in ``drop`` go; the commands of both runs are kept, one a line. An
-  earlier file made with other settings is left out.
+  earlier file made with other settings raises :class:`OtherSettings`.
   """
   earlier = _earlier(path, task, settings)
   if earlier is None:
