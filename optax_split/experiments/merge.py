@@ -30,7 +30,7 @@ def locked(folder: Path) -> Iterator[None]:
 
 
 class OtherSettings(ValueError):
-  """An earlier ``results.json`` in the folder was made with other settings: its rows cannot join."""
+  """An earlier ``results.json`` was made with other settings: its rows cannot join a new run."""
 
 
 def _differences(earlier: dict, now: dict) -> list[str]:
