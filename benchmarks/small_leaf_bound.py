@@ -2,8 +2,8 @@
 
 ``unit_excess(..., bound_small_leaves=True)`` makes each bias, scale or read-out
 vector one unit whose budget is 1% of its norm, floored at ``sqrt(size)`` times
-the kernels' weight RMS. This script trains ``split_sgd`` and ``split_adam``
-with the step split as it was (small leaves left alone) and with that bound,
+the kernels' weight RMS. This script trains ``split_sgd``, ``split_adam`` and
+``split_muon`` with the step split as it was (small leaves left alone) and with that bound,
 on each task's own rate grid, all seeds and rates of one setting in one
 vmapped, scanned program, and reports the final validation metric per rate
 (median over seeds), the runs that ended non-finite or past the task's
@@ -35,7 +35,9 @@ from optax_split.experiments import tasks
 
 UNBOUNDED = osp.unit_excess(0.01, eps=0.0, min_ndim=2)
 BOUNDED = osp.unit_excess(0.01, eps=0.0, min_ndim=2, bound_small_leaves=True)
-PRESETS = {"split_sgd": (osp.split_sgd, False), "split_adam": (osp.split_adam, True)}
+# Preset name -> (preset, the argument that takes the task's Adam b2, or None for SGD's rates).
+PRESETS = {"split_sgd": (osp.split_sgd, None), "split_adam": (osp.split_adam, "b2"),
+           "split_muon": (osp.split_muon, "adam_b2")}
 # Task name -> how to build it; adding_vector is the RNN read out by a weight vector.
 TASKS = {
     "adding": lambda: tasks.make("adding"),
@@ -46,13 +48,13 @@ TASKS = {
 }
 
 
-def train_fn(task, preset, adaptive: bool, decomposition, steps: int):
+def train_fn(task, preset, b2_argument: str | None, decomposition, steps: int):
   """``(rate, seed) -> (final validation metric, finite, final training loss)``."""
   shape = task.schedule(steps) if task.schedule is not None else None
 
   def run(rate, seed):
     lr = (lambda count: rate * shape(count) / 0.01) if shape is not None else rate / 0.01
-    kwargs = {"b2": task.adam_b2} if adaptive else {}
+    kwargs = {} if b2_argument is None else {b2_argument: task.adam_b2}
     tx = preset(lr, decomposition=decomposition, weight_decay=task.weight_decay, **kwargs)
     params = task.init(jax.random.PRNGKey(seed))
 
@@ -78,11 +80,11 @@ def compare(task_name: str, seeds: int, steps: int | None, rates: dict | None,
   out = {"task": task_name, "steps": steps, "seeds": seeds, "metric": task.metric,
          "higher_is_better": task.higher_is_better, "rows": []}
   for name in presets:
-    preset, adaptive = PRESETS[name]
-    grid = (rates or {}).get(name) or (task.adaptive_rates if adaptive else task.rates)
+    preset, b2_argument = PRESETS[name]
+    grid = (rates or {}).get(name) or (task.rates if b2_argument is None else task.adaptive_rates)
     for label, decomposition in (("unbounded", UNBOUNDED), ("bounded", BOUNDED)):
       start = time.time()
-      metric, finite, tail = train_fn(task, preset, adaptive, decomposition, steps)(
+      metric, finite, tail = train_fn(task, preset, b2_argument, decomposition, steps)(
           jnp.asarray(grid), jnp.arange(seeds))
       metric, finite, tail = map(np.asarray, (metric, finite, tail))
       diverged = ~finite | (tail > task.divergence_bound)
@@ -129,10 +131,11 @@ def main() -> None:
   parser.add_argument("--out", default="results/small_leaf_bound")
   parser.add_argument("--tiny", action="store_true", help="2 steps of adding, to test the script")
   args = parser.parse_args()
-  rates = {"split_adam": args.adam_rates, "split_sgd": args.sgd_rates}
+  rates = {"split_adam": args.adam_rates, "split_muon": args.adam_rates,
+           "split_sgd": args.sgd_rates}
   if args.tiny:
-    args.tasks, args.steps, args.seeds, rates = ["adding"], 2, 1, {"split_adam": [0.01],
-                                                                   "split_sgd": [0.1]}
+    args.tasks, args.steps, args.seeds = ["adding"], 2, 1
+    rates = {"split_adam": [0.01], "split_muon": [0.01], "split_sgd": [0.1]}
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   for name in args.tasks:

@@ -220,8 +220,9 @@ def _train_vector_readout_rnn(tx, steps=1000):
   return task, params
 
 
-# The presets' best effective rates on this RNN are 0.01 (split_sgd) and 0.003 (split_adam)
-# (results/small_leaf_bound/adding_vector.md); these tests run at 1.0.
+# The presets' best effective rates on this RNN are 0.01 (split_sgd), 0.003 (split_adam) and
+# 0.001 or lower (split_muon, the bottom of its grid) (results/small_leaf_bound/); these tests
+# run at 1.0.
 _WELL_ABOVE_THE_BEST = 1.0 / 0.01
 
 
