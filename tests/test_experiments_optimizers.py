@@ -92,10 +92,11 @@ def test_preset_options_reach_the_preset():
 
 
 def test_the_design_sweeps_options_reach_the_step_split():
-  spec = optimizers.get("split_adam:units=tensor,small=bound,kernels=flax,budget=0.003")
+  spec = optimizers.get(
+      "split_adam:units=tensor,small=bound,kernels=flax,exempt=scale,budget=0.003")
   want = osp.split_adam(1.0, decomposition=osp.unit_excess(
       0.003, eps=0.0, min_ndim=2, per_tensor=True, bound_small_leaves=True,
-      small_leaf_names=("bias", "scale")))
+      small_leaf_names=("bias", "scale"), exempt_leaf_names=("scale",)))
   chex.assert_trees_all_close(_first_step(spec.build(0.01, 0.0, b2=0.999)), _first_step(want))
   # At a rate where the budget binds, each option changes the step on these params (a bias,
   # a kernel whose two units differ in norm).

@@ -19,6 +19,7 @@ BAD_INPUTS = [
     (osp.unit_excess, osp.UnitExcess, {"small_leaf_names": "bias"}),
     (osp.unit_excess, osp.UnitExcess, {"small_leaf_names": ["bias"]}),
     (osp.unit_excess, osp.UnitExcess, {"per_tensor": "yes"}),
+    (osp.unit_excess, osp.UnitExcess, {"exempt_leaf_names": "scale"}),
     (osp.norm_excess, osp.NormExcess, {"max_norm": -1.0}),
     (osp.trend_component, osp.TrendComponent, {"decay": 1.5}),
     (osp.mean_component, osp.MeanComponent, {"keep_axis": 0.5}),

@@ -1,5 +1,7 @@
 """split_step and the presets' split of the step: equivalences, leaf handling, the bound, misuse."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -168,6 +170,27 @@ def test_named_small_leaves_are_bounded_as_one_unit_when_asked():
   # Its norm (1.22) is above the floor sqrt(6) x the kernel's RMS (0.1): the norm counts.
   np.testing.assert_allclose(np.linalg.norm(updates["bias"]), 0.01 * np.linalg.norm(bias),
                              rtol=1e-5)
+
+
+def test_exempt_leaves_are_left_alone_while_the_other_small_leaves_are_bounded():
+  params, grads = _flax_attention_like()
+  params["norm"]["bias"] = jnp.full((4,), 0.5)
+  grads["norm"]["bias"] = jnp.full((4,), 5.0)
+  bounded = osp.unit_excess(0.01, eps=0.0, min_ndim=2, bound_small_leaves=True)
+  steps = {}
+  for exempt in ((), ("scale",)):
+    tx = osp.split_step(optax.sgd(1.0), decomposition=dataclasses.replace(
+        bounded, exempt_leaf_names=exempt))
+    steps[exempt] = tx.update(grads, tx.init(params), params)[0]
+  # The scale is bounded as one unit unless exempt; then its step is SGD's, whole.
+  np.testing.assert_allclose(np.linalg.norm(steps[()]["norm"]["scale"]),
+                             0.01 * np.linalg.norm(params["norm"]["scale"]), rtol=1e-5)
+  chex.assert_trees_all_close(steps[("scale",)]["norm"]["scale"], -grads["norm"]["scale"])
+  # The bias, bounded either way, and the kernels do not depend on the exemption.
+  for path in (("norm", "bias"), ("query", "kernel"), ("query", "bias")):
+    chex.assert_trees_all_close(steps[("scale",)][path[0]][path[1]], steps[()][path[0]][path[1]])
+  np.testing.assert_allclose(np.linalg.norm(steps[()]["norm"]["bias"]),
+                             0.01 * np.linalg.norm(params["norm"]["bias"]), rtol=1e-5)
 
 
 def test_per_tensor_units_share_one_budget_across_a_kernel():

@@ -45,6 +45,7 @@ class UnitExcess(base.Decomposition):
   bound_small_leaves: bool = False
   small_leaf_names: tuple[str, ...] = ()
   per_tensor: bool = False
+  exempt_leaf_names: tuple[str, ...] = ()
 
   def __post_init__(self):
     _validation.check_range(
@@ -63,28 +64,34 @@ class UnitExcess(base.Decomposition):
             f"`{name}` must be True or False, got {getattr(self, name)!r}. "
             f"E.g. unit_excess(min_ndim=2, {name}=True)."
         )
-    names = self.small_leaf_names
-    if not isinstance(names, tuple) or not all(isinstance(n, str) for n in names):
-      raise TypeError(
-          f"`small_leaf_names` must be a tuple of leaf names, got {names!r}. "
-          "E.g. unit_excess(min_ndim=2, small_leaf_names=('bias', 'scale'))."
-      )
+    for name, example in (("small_leaf_names", "('bias', 'scale')"),
+                          ("exempt_leaf_names", "('scale',)")):
+      names = getattr(self, name)
+      if not isinstance(names, tuple) or not all(isinstance(n, str) for n in names):
+        raise TypeError(
+            f"`{name}` must be a tuple of leaf names, got {names!r}. "
+            f"E.g. unit_excess(min_ndim=2, {name}={example})."
+        )
 
   def init(self, params):
     del params
     return optax.EmptyState()
 
-  def _is_small(self, path: tuple, leaf: jax.Array) -> bool:
-    """Whether a leaf is a small leaf (a bias, a scale) rather than a kernel."""
-    return leaf.ndim < self.min_ndim or _leaf_name(path) in self.small_leaf_names
+  def _role(self, path: tuple, leaf: jax.Array) -> str:
+    """``exempt`` (left alone by name), ``small`` (a bias, a scale) or ``kernel``."""
+    name = _leaf_name(path)
+    if name in self.exempt_leaf_names:
+      return "exempt"
+    return "small" if leaf.ndim < self.min_ndim or name in self.small_leaf_names else "kernel"
 
   def _axes(self, x: jax.Array, small: bool) -> tuple[int, ...]:
     """The axes one unit of ``x`` spans: all of them for a small leaf or ``per_tensor``."""
     return tuple(range(x.ndim)) if small or self.per_tensor else _unit_axes(x)
 
-  def _leaf(self, g: jax.Array, p_sq: jax.Array, small: bool,
+  def _leaf(self, g: jax.Array, p_sq: jax.Array, role: str,
             kernel_rms: jax.Array) -> tuple[jax.Array, ...]:
-    if small and not self.bound_small_leaves:
+    small = role != "kernel"
+    if role == "exempt" or (small and not self.bound_small_leaves):
       # Left alone: wholly local.
       total_sq = _numerics.squared_norm(g)
       return g, jnp.zeros_like(g), jnp.zeros_like(total_sq), total_sq
@@ -106,11 +113,11 @@ class UnitExcess(base.Decomposition):
     global_sq, total_sq = sums[0], sums[1]
     return local, global_, global_sq, total_sq
 
-  def _kernel_rms(self, p_sq, params, small) -> jax.Array:
-    """RMS of the kernels' weights, the leaves that are not small (0 if none)."""
-    kernels = [(unit_sq, p.size) for unit_sq, p, is_small in zip(
-        jax.tree.leaves(p_sq), jax.tree.leaves(params), jax.tree.leaves(small), strict=True)
-        if not is_small and p.size]
+  def _kernel_rms(self, p_sq, params, roles) -> jax.Array:
+    """RMS of the kernels' weights, the leaves that are neither small nor exempt (0 if none)."""
+    kernels = [(unit_sq, p.size) for unit_sq, p, role in zip(
+        jax.tree.leaves(p_sq), jax.tree.leaves(params), jax.tree.leaves(roles), strict=True)
+        if role == "kernel" and p.size]
     if not self.bound_small_leaves or not kernels:
       return jnp.zeros([], jnp.float32)
     total = sum(jnp.sum(unit_sq) for unit_sq, _ in kernels)
@@ -122,21 +129,22 @@ class UnitExcess(base.Decomposition):
           "unit_excess needs the params, to set each unit's budget from its weight "
           "norm. Pass them: tx.update(grads, state, params)."
       )
-    # Python bools, decided at trace time from each leaf's path and shape.
-    small = jax.tree_util.tree_map_with_path(self._is_small, params)
+    # Python strings, decided at trace time from each leaf's path and shape.
+    roles = jax.tree_util.tree_map_with_path(self._role, params)
     # Each unit's squared weight norm.
     p_sq = jax.tree.map(
-        lambda p, is_small: _numerics.squared_norm(p, axis=self._axes(p, is_small), keepdims=True),
-        params, small)
+        lambda p, role: _numerics.squared_norm(p, axis=self._axes(p, role != "kernel"),
+                                               keepdims=True),
+        params, roles)
     if self.bound_small_leaves:
       # The small leaves' floor sums the norms of every kernel. Left to fuse, XLA
       # read each kernel again for that sum, after nothing orders that read before
       # the kernel's in-place (donated) update, so it kept a copy of every kernel.
       # Computed once here, each kernel is read only before its own update.
       p_sq = jax.lax.optimization_barrier(p_sq)
-    kernel_rms = self._kernel_rms(p_sq, params, small)
-    leaf = lambda g, unit_sq, is_small: self._leaf(g, unit_sq, is_small, kernel_rms)  # noqa: E731
-    local, global_, global_sq, total_sq = base.map_unzip(leaf, 4, updates, p_sq, small)
+    kernel_rms = self._kernel_rms(p_sq, params, roles)
+    leaf = lambda g, unit_sq, role: self._leaf(g, unit_sq, role, kernel_rms)  # noqa: E731
+    local, global_, global_sq, total_sq = base.map_unzip(leaf, 4, updates, p_sq, roles)
     share = base.share(sum(jax.tree.leaves(global_sq), 0.0), sum(jax.tree.leaves(total_sq), 0.0))
     return local, global_, state, share
 
@@ -144,7 +152,7 @@ class UnitExcess(base.Decomposition):
 def unit_excess(
     clipping: float = 0.01, eps: float = 1e-3, *, min_ndim: int = 0,
     bound_small_leaves: bool = False, small_leaf_names: tuple[str, ...] = (),
-    per_tensor: bool = False,
+    per_tensor: bool = False, exempt_leaf_names: tuple[str, ...] = (),
 ) -> UnitExcess:
   """The part of each unit's update over a budget set by its weight norm.
 
@@ -179,6 +187,9 @@ def unit_excess(
       Flax's biases and LayerNorm scales from its kernels, such as the
       ``(heads, head_dim)`` biases of ``nn.MultiHeadDotProductAttention``.
     per_tensor: One unit per leaf (LAMB's granularity) instead of AGC's units.
+    exempt_leaf_names: Leaves whose name is listed are left alone (wholly
+      local) whatever their dimensions, even with ``bound_small_leaves``:
+      ``('scale',)`` exempts the gains of Flax's ``LayerNorm`` and ``RMSNorm``.
 
   Returns:
     A :class:`Decomposition` for :func:`optax_split.split`.
@@ -196,4 +207,5 @@ def unit_excess(
     Brock et al., `High-Performance Large-Scale Image Recognition Without
     Normalization <https://arxiv.org/abs/2102.06171>`_, 2021.
   """
-  return UnitExcess(clipping, eps, min_ndim, bound_small_leaves, small_leaf_names, per_tensor)
+  return UnitExcess(clipping, eps, min_ndim, bound_small_leaves, small_leaf_names, per_tensor,
+                    exempt_leaf_names)

@@ -31,7 +31,9 @@ it or sets its grid (``sgd_clip:max_norm=0.1/1``); the presets take ``alpha``
 (a grid too: ``alpha=-1/0``), ``budget`` (the step split's budget relative to
 the weight norm), ``units=tensor`` (one budget per leaf), ``small=bound`` (bound
 the leaves below two dimensions too), ``kernels=flax`` (Flax's ``bias`` and
-``scale`` leaves are small whatever their dimensions), ``decomposition=none``
+``scale`` leaves are small whatever their dimensions), ``exempt=scale`` (leaves
+named ``scale``, the norms' gains, left alone even when the small leaves are
+bounded), ``decomposition=none``
 (no step split), ``z``, ``ratio`` and
 ``cap`` (the guard's z-score, relative cap and absolute cap; ``none`` turns a
 cap off), ``grouped`` (the guard's statistics per Flax ``module`` or per
@@ -304,14 +306,16 @@ def _pick(name: str, value: str, choices: dict):
 
 def _step_decomposition(default: osp.UnitExcess, budget: str | None = None,
                         units: str | None = None, small: str | None = None,
-                        kernels: str | None = None) -> osp.UnitExcess:
+                        kernels: str | None = None,
+                        exempt: str | None = None) -> osp.UnitExcess:
   """A preset's default split of the step with the options of the design sweep changed.
 
   ``budget`` (relative to the weight norm), ``units`` (``unit``: AGC's, or
   ``tensor``: one per leaf), ``small`` (the leaves below two dimensions
   ``alone`` or ``bound``) and ``kernels`` (told from small leaves by ``ndim``
   alone, or ``flax``: Flax's ``bias`` and ``scale`` leaves are small whatever
-  their dimensions). An option not given keeps the preset's default.
+  their dimensions) and ``exempt`` (``none``, or ``scale``: leaves named
+  ``scale`` left alone). An option not given keeps the preset's default.
   """
   changes = {}
   if budget is not None:
@@ -322,6 +326,8 @@ def _step_decomposition(default: osp.UnitExcess, budget: str | None = None,
     changes["bound_small_leaves"] = _pick("small", small, {"alone": False, "bound": True})
   if kernels is not None:
     changes["small_leaf_names"] = _pick("kernels", kernels, {"ndim": (), "flax": ("bias", "scale")})
+  if exempt is not None:
+    changes["exempt_leaf_names"] = _pick("exempt", exempt, {"none": (), "scale": ("scale",)})
   return dataclasses.replace(default, **changes)
 
 
@@ -329,14 +335,14 @@ def _preset_kwargs(options: Mapping[str, str], decomposition: osp.UnitExcess) ->
   """A preset's keyword arguments from ``name:key=value`` options (an alpha grid apart).
 
   ``decomposition`` is the preset's default split of the step, which the
-  ``budget``, ``units``, ``small`` and ``kernels`` options change.
+  ``budget``, ``units``, ``small``, ``kernels`` and ``exempt`` options change.
   """
   options = dict(options)
   kwargs = {}
   if "alpha" in options:
     kwargs["alpha"] = float(options.pop("alpha"))
   kind = options.pop("decomposition", None)
-  unit_options = {k: options.pop(k) for k in ("budget", "units", "small", "kernels")
+  unit_options = {k: options.pop(k) for k in ("budget", "units", "small", "kernels", "exempt")
                   if k in options}
   if kind == "none":
     kwargs["decomposition"] = None
