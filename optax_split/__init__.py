@@ -43,7 +43,7 @@ from optax_split.decompositions import (
     unit_excess,
 )
 
-__version__ = "0.6.1"
+__version__ = "0.7.0"
 
 __all__ = [
     "Decomposition",

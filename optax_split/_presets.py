@@ -251,7 +251,7 @@ def split_muon(
     learning_rate: optax.ScalarOrSchedule,
     alpha: optax.ScalarOrSchedule = defaults.ALPHA,
     *,
-    decomposition: Decomposition | None = defaults.SGD_STEP_DECOMPOSITION,
+    decomposition: Decomposition | None = defaults.MUON_STEP_DECOMPOSITION,
     guard: Decomposition | None = defaults.GUARD,
     local_fraction: jax.typing.ArrayLike = defaults.LOCAL_FRACTION,
     beta: jax.typing.ArrayLike = 0.95,
@@ -271,9 +271,11 @@ def split_muon(
   (``adam_b1``, ``adam_b2``) on the other leaves, both at ``eta_local =
   local_fraction * learning_rate``; the split then keeps each kernel unit's
   step within 1% of its weight norm, and each leaf below 2-D within 1% of
-  its own (``defaults.SGD_STEP_DECOMPOSITION``, as :func:`split_sgd`): at 100x
-  its best rate on an exploding RNN, Muon's step left the read-out vector
-  unbounded where Adam's alone did not. With ``alpha = 0`` (or
+  its own, as :func:`split_sgd` does (far above its best rate on an exploding
+  RNN, Muon's step left the read-out vector unbounded where Adam's alone did
+  not), except the leaves named ``scale``, the gains of LayerNorm and
+  RMSNorm, which Adam moves at its rate (``defaults.MUON_STEP_DECOMPOSITION``).
+  With ``alpha = 0`` (or
   ``decomposition=None``) and ``guard=None`` this is
   ``optax.contrib.muon(eta_local, beta=beta, ns_steps=ns_steps,
   weight_decay=weight_decay, nesterov=nesterov, adam_b1=adam_b1,
@@ -310,7 +312,7 @@ def split_muon(
     >>> grads = {"w": jax.random.normal(jax.random.key(1), (4, 3))}
     >>> tx = osp.split_muon(learning_rate=1.0)
     >>> muon = optax.chain(osp.guard(), optax.contrib.muon(0.01))
-    >>> same = osp.split_step(muon, decomposition=osp.defaults.SGD_STEP_DECOMPOSITION)
+    >>> same = osp.split_step(muon, decomposition=osp.defaults.MUON_STEP_DECOMPOSITION)
     >>> updates, _ = tx.update(grads, tx.init(params), params)
     >>> expected, _ = same.update(grads, same.init(params), params)
     >>> print(bool(jax.numpy.all(updates["w"] == expected["w"])))

@@ -15,9 +15,12 @@ an absolute gradient-norm number: every bound is relative to the run.
   element by the rate, whatever the gradient.
 - :data:`SGD_STEP_DECOMPOSITION`: the same, with each leaf below 2 dimensions
   bounded too, as one unit (``bound_small_leaves=True``), for
-  :func:`optax_split.split_sgd` and :func:`optax_split.split_muon`: momentum
-  SGD's step grows with the gradient, and Muon's kernel steps drove a
-  read-out vector left alone to run away (tests/test_presets.py).
+  :func:`optax_split.split_sgd`: momentum SGD's step grows with the gradient.
+- :data:`MUON_STEP_DECOMPOSITION`: ``SGD_STEP_DECOMPOSITION`` with the leaves
+  named ``scale`` (the gains of Flax's LayerNorm and RMSNorm) left alone, for
+  :func:`optax_split.split_muon`: Muon's kernel steps drove a read-out vector
+  left alone to run away (tests/test_presets.py), and bounding the norms'
+  gains cost it on both language tasks.
 - :data:`GUARD`: the ZClip-style guard on the gradient (:func:`optax_split.guard`),
   bounded relative to the run's recent norms.
 - :data:`MOMENTUM`: heavy-ball momentum of :func:`optax_split.split_sgd`.
@@ -36,5 +39,6 @@ ALPHA = -1.0
 LOCAL_FRACTION = 0.01
 STEP_DECOMPOSITION = unit_excess(clipping=0.01, eps=0.0, min_ndim=2)
 SGD_STEP_DECOMPOSITION = dataclasses.replace(STEP_DECOMPOSITION, bound_small_leaves=True)
+MUON_STEP_DECOMPOSITION = dataclasses.replace(SGD_STEP_DECOMPOSITION, exempt_leaf_names=("scale",))
 GUARD = spike_excess()
 MOMENTUM = 0.9

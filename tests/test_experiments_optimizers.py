@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -119,6 +120,21 @@ def test_the_options_change_each_presets_own_default():
   want = osp.split_sgd(1e4, decomposition=osp.unit_excess(0.003, eps=0.0, min_ndim=2,
                                                            bound_small_leaves=True))
   chex.assert_trees_all_close(_first_step(budget), _first_step(want))
+  # split_muon exempts the norms' gains: exempt=none is split_sgd's bound on every small leaf.
+  params = {**PARAMS, "scale": jnp.ones(2)}
+  grads = {**GRADS, "scale": jnp.array([0.5, -0.5])}
+
+  def first_step(tx):
+    return tx.update(grads, tx.init(params), params)[0]["scale"]
+
+  bound_all = first_step(optimizers.get("split_muon:exempt=none").build(1.0, 0.0, b2=0.999))
+  want = first_step(osp.split_muon(100.0, decomposition=osp.defaults.SGD_STEP_DECOMPOSITION))
+  chex.assert_trees_all_close(bound_all, want)
+  default = first_step(optimizers.get("split_muon").build(1.0, 0.0, b2=0.999))
+  # Bounded: 1% of the scale's norm, floored at sqrt(2) x the kernel's RMS (the larger here).
+  floor = np.sqrt(2) * np.sqrt(np.mean(np.square(PARAMS["w"])))
+  np.testing.assert_allclose(np.linalg.norm(bound_all), 0.01 * floor, rtol=1e-5)
+  assert np.linalg.norm(default) > 0.5  # Adam's first step at rate 1.0, whole
 
 
 def test_weight_decay_is_decoupled_and_scaled_by_the_rate():

@@ -73,7 +73,7 @@ def test_split_muon_with_alpha_zero_and_no_guard_is_optax_muon(grads, params):
 def test_split_muon_is_split_step_around_guarded_muon(grads, params):
   ours = osp.split_muon(1.0, alpha=-0.5, local_fraction=0.1)
   same = osp.split_step(optax.chain(osp.guard(), optax.contrib.muon(0.1)), alpha=-0.5,
-                        decomposition=osp.defaults.SGD_STEP_DECOMPOSITION)
+                        decomposition=osp.defaults.MUON_STEP_DECOMPOSITION)
   _assert_same_trajectory(ours, same, grads, params)
 
 

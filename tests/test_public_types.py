@@ -47,7 +47,7 @@ def test_defaults_hold_what_the_presets_use():
 
   step_splits = {osp.split_sgd: osp.defaults.SGD_STEP_DECOMPOSITION,
                  osp.split_adam: osp.defaults.STEP_DECOMPOSITION,
-                 osp.split_muon: osp.defaults.SGD_STEP_DECOMPOSITION}
+                 osp.split_muon: osp.defaults.MUON_STEP_DECOMPOSITION}
   for preset, step_split in step_splits.items():
     signature = inspect.signature(preset).parameters
     assert signature["alpha"].default == osp.defaults.ALPHA
