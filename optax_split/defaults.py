@@ -20,7 +20,7 @@ an absolute gradient-norm number: every bound is relative to the run.
   named ``scale`` (the gains of Flax's LayerNorm and RMSNorm) left alone, for
   :func:`optax_split.split_muon`: Muon's kernel steps drove a read-out vector
   left alone to run away (tests/test_presets.py), and bounding the norms'
-  gains cost it on both language tasks.
+  gains cost it on ``lm_gpt`` (README, "Choosing the defaults").
 - :data:`GUARD`: the ZClip-style guard on the gradient (:func:`optax_split.guard`),
   bounded relative to the run's recent norms.
 - :data:`MOMENTUM`: heavy-ball momentum of :func:`optax_split.split_sgd`.
